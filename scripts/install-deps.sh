@@ -8,7 +8,7 @@ PKGS=(
     libucx-dev ucx-utils
     libgrpc-dev
     protobuf-c-compiler libprotobuf-c-dev
-    libuv1-dev
+    libuv1-dev libhttp-parser-dev
     libopenblas-dev
     libpcre2-dev
     libjansson-dev
