@@ -60,7 +60,9 @@ static void *worker_main(void *p)
         if (pthread_equal(pool->workers[i], pthread_self()))
             index = i + 1;
     }
-    unsigned long seen = pool->generation;
+    /* Workers are created before any job is posted (generation 0); starting from 0 rather
+     * than the current value keeps a job posted before this thread first ran from being lost. */
+    unsigned long seen = 0;
     for (;;) {
         while (!pool->stop && pool->generation == seen)
             pthread_cond_wait(&pool->wake, &pool->lock);
