@@ -101,6 +101,21 @@ uint64_t ds4_st_total_bytes(ds4_st_h st);
 /* Number of shard files (1 for a single file). */
 size_t ds4_st_shard_count(ds4_st_h st);
 
+/*
+ * Paging hints for a view's bytes (whole pages covering [data, data + size_bytes)):
+ *   WILLNEED  start reading it from disk now (before a sequential upload/dequantisation);
+ *   DONTNEED  drop it from this process's resident set (e.g. after copying it to the GPU); the
+ *             view stays valid and later reads fault the bytes back in from the file.
+ * Neighbouring tensors sharing a boundary page are affected the same way (harmless: mappings are
+ * read-only). DS4_ERR_INVALID_ARG for an unknown advice, DS4_ERR_IO when madvise fails.
+ */
+typedef enum ds4_st_advice {
+    DS4_ST_WILLNEED = 0,
+    DS4_ST_DONTNEED = 1,
+} ds4_st_advice_t;
+
+ds4_status_t ds4_st_advise(const ds4_tensor_view_t *view, ds4_st_advice_t advice);
+
 #ifdef __cplusplus
 }
 #endif

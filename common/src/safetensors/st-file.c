@@ -154,3 +154,21 @@ void ds4__st_file_view(const ds4__st_file_t *file, const ds4__st_tensor_t *t,
     out->data = file->map + file->data_start + t->begin;
     out->file = file->path;
 }
+
+ds4_status_t ds4_st_advise(const ds4_tensor_view_t *view, ds4_st_advice_t advice)
+{
+    if (view == NULL || (advice != DS4_ST_WILLNEED && advice != DS4_ST_DONTNEED))
+        return DS4_ERR_INVALID_ARG;
+    if (view->size_bytes == 0)
+        return DS4_OK;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)view->data & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)view->data + view->size_bytes + page - 1) & ~(page - 1);
+    int how = advice == DS4_ST_WILLNEED ? MADV_WILLNEED : MADV_DONTNEED;
+    if (madvise((void *)lo, (size_t)(hi - lo), how) != 0) {
+        ds4_log_warn("madvise failed tensor %s: %s", view->name != NULL ? view->name : "?",
+                     strerror(errno));
+        return DS4_ERR_IO;
+    }
+    return DS4_OK;
+}

@@ -50,7 +50,7 @@ static bool get_nonneg(const json_t *v, int64_t *out)
 static void check_metadata(problems_t *p, const json_t *meta)
 {
     if (!json_is_object(meta)) {
-        problem(p, "__metadata__ is a %s, expected an object of strings",
+        problem(p, "__metadata__ has type %s, expected an object of strings",
                 ds4_json_type_name(meta));
         return;
     }
@@ -61,7 +61,7 @@ static void check_metadata(problems_t *p, const json_t *meta)
         if (key_len != strlen(key))
             problem(p, "__metadata__ has a key with a NUL byte");
         else if (!json_is_string(v))
-            problem(p, "__metadata__.%s is a %s, expected a string", key, ds4_json_type_name(v));
+            problem(p, "__metadata__.%s has type %s, expected a string", key, ds4_json_type_name(v));
     }
 }
 
@@ -74,7 +74,7 @@ static bool parse_tensor(problems_t *p, const char *name, const json_t *entry,
 {
     size_t before = p->count;
     if (!json_is_object(entry)) {
-        problem(p, "tensor '%s': entry is a %s, expected an object", name,
+        problem(p, "tensor '%s': entry has type %s, expected an object", name,
                 ds4_json_type_name(entry));
         return false;
     }
@@ -92,7 +92,7 @@ static bool parse_tensor(problems_t *p, const char *name, const json_t *entry,
     if (jdtype == NULL) {
         problem(p, "tensor '%s': missing dtype", name);
     } else if (!json_is_string(jdtype)) {
-        problem(p, "tensor '%s': dtype is a %s, expected a string", name,
+        problem(p, "tensor '%s': dtype has type %s, expected a string", name,
                 ds4_json_type_name(jdtype));
     } else {
         dtype = ds4_dtype_parse(json_string_value(jdtype));
@@ -109,7 +109,7 @@ static bool parse_tensor(problems_t *p, const char *name, const json_t *entry,
     if (jshape == NULL) {
         problem(p, "tensor '%s': missing shape", name);
     } else if (!json_is_array(jshape)) {
-        problem(p, "tensor '%s': shape is a %s, expected an array", name,
+        problem(p, "tensor '%s': shape has type %s, expected an array", name,
                 ds4_json_type_name(jshape));
     } else if (json_array_size(jshape) > DS4_ST_MAX_DIMS) {
         problem(p, "tensor '%s': shape has %zu dimensions, at most %d are supported", name,
@@ -122,8 +122,9 @@ static bool parse_tensor(problems_t *p, const char *name, const json_t *entry,
             const json_t *je = json_array_get(jshape, (size_t)d);
             int64_t e;
             if (!get_nonneg(je, &e)) {
-                problem(p, "tensor '%s': shape[%d] is %s, expected a non-negative integer", name,
-                        (int)d, json_is_integer(je) ? "negative" : ds4_json_type_name(je));
+                problem(p, "tensor '%s': shape[%d] %s %s, expected a non-negative integer",
+                        name, (int)d, json_is_integer(je) ? "is" : "has type",
+                        json_is_integer(je) ? "negative" : ds4_json_type_name(je));
                 shape_ok = false;
                 continue;
             }
@@ -255,7 +256,7 @@ ds4_status_t ds4__st_header_parse(const char *json, size_t len, const char *path
     }
     st = DS4_ERR_CHECKPOINT;
     if (!json_is_object(root)) {
-        problem(&p, "header is a %s, expected an object", ds4_json_type_name(root));
+        problem(&p, "header has type %s, expected an object", ds4_json_type_name(root));
         goto fail;
     }
 

@@ -60,12 +60,12 @@ ds4_status_t ds4__st_index_load(const char *path, ds4__st_index_t *out, ds4_diag
         return st == DS4_ERR_PARSE ? DS4_ERR_CHECKPOINT : st;
     st = DS4_ERR_CHECKPOINT;
     if (!json_is_object(root)) {
-        ds4_diag_addf(diag, path, "index is a %s, expected an object", ds4_json_type_name(root));
+        ds4_diag_addf(diag, path, "index has type %s, expected an object", ds4_json_type_name(root));
         goto fail;
     }
     json_t *meta = json_object_get(root, "metadata");
     if (meta != NULL && !json_is_object(meta)) {
-        ds4_diag_addf(diag, path, "metadata is a %s, expected an object",
+        ds4_diag_addf(diag, path, "metadata has type %s, expected an object",
                       ds4_json_type_name(meta));
         problems++;
     }
@@ -75,7 +75,7 @@ ds4_status_t ds4__st_index_load(const char *path, ds4__st_index_t *out, ds4_diag
         goto fail;
     }
     if (!json_is_object(wm)) {
-        ds4_diag_addf(diag, path, "weight_map is a %s, expected an object",
+        ds4_diag_addf(diag, path, "weight_map has type %s, expected an object",
                       ds4_json_type_name(wm));
         goto fail;
     }
@@ -108,7 +108,7 @@ ds4_status_t ds4__st_index_load(const char *path, ds4__st_index_t *out, ds4_diag
             continue;
         }
         if (!json_is_string(v)) {
-            ds4_diag_addf(diag, path, "weight_map.%s is a %s, expected a shard file name", key,
+            ds4_diag_addf(diag, path, "weight_map.%s has type %s, expected a shard file name", key,
                           ds4_json_type_name(v));
             problems++;
             continue;
