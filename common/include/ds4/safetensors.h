@@ -70,6 +70,13 @@ typedef struct ds4_st *ds4_st_h;
  * tensor name -> shard file relative to the index), or a directory containing one of
  * model.safetensors.index.json / model.safetensors. A single file is validated at open; an index
  * is validated (JSON, shard names, each shard exists) and shards are validated on first use.
+ * Shard names must be relative to the index's directory without "." or ".." components.
+ * Returns DS4_ERR_NOT_FOUND (path or the directory's files absent), DS4_ERR_IO (unreadable,
+ * mmap failed), DS4_ERR_CHECKPOINT (any invalid content: header, JSON, index, missing shard),
+ * DS4_ERR_NO_MEMORY; every problem is in diag as "<file>: <problem>". *out set only on success.
+ * Tensor data may leave gaps and trailing bytes in a file (allowed by the format) but must be
+ * aligned to its element size (every known writer aligns; views are used as typed arrays).
+ * The files must not be truncated or rewritten while open (a mapped page past EOF is SIGBUS).
  */
 ds4_status_t ds4_st_open(const char *path, ds4_st_h *out, ds4_diag_t *diag);
 void ds4_st_close(ds4_st_h st);

@@ -179,16 +179,19 @@ done:
 
 size_t ds4_st_count(ds4_st_h st)
 {
+    DS4_ASSERT(st != NULL);
     return st->n_names;
 }
 
 const char *ds4_st_name(ds4_st_h st, size_t i)
 {
+    DS4_ASSERT(st != NULL);
     return i < st->n_names ? st->names[i] : NULL;
 }
 
 size_t ds4_st_shard_count(ds4_st_h st)
 {
+    DS4_ASSERT(st != NULL);
     return st->n_shards;
 }
 
@@ -297,6 +300,8 @@ ds4_status_t ds4_st_expect(ds4_st_h st, const char *name, ds4_dtype_t dtype, int
 
 ds4_status_t ds4_st_validate_all(ds4_st_h st, ds4_diag_t *diag)
 {
+    if (st == NULL || diag == NULL)
+        return DS4_ERR_INVALID_ARG;
     ds4_status_t result = DS4_OK;
     for (size_t si = 0; si < st->n_shards; si++) {
         const ds4__st_file_t *f = NULL;
@@ -326,6 +331,7 @@ ds4_status_t ds4_st_validate_all(ds4_st_h st, ds4_diag_t *diag)
 
 uint64_t ds4_st_total_bytes(ds4_st_h st)
 {
+    DS4_ASSERT(st != NULL);
     uint64_t total = 0;
     for (size_t si = 0; si < st->n_shards; si++) {
         const ds4__st_file_t *f = NULL;
