@@ -147,6 +147,9 @@ static void test_unknown_dtype(void)
 {
     reject_header("{\"d\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}", 8,
                   NEEDLES("tensor 'd'", "unknown dtype 'F64'"));
+    /* jansson keeps NUL bytes in strings: "F32\0x" must not read as F32 */
+    reject_header("{\"d\":{\"dtype\":\"F32\\u0000x\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+                  8, NEEDLES("tensor 'd'", "dtype contains a NUL byte"));
     reject_header("{\"d\":{\"dtype\":7,\"shape\":[1],\"data_offsets\":[0,8]}}", 8,
                   NEEDLES("tensor 'd'", "dtype has type integer"));
 }

@@ -94,6 +94,8 @@ static bool parse_tensor(problems_t *p, const char *name, const json_t *entry,
     } else if (!json_is_string(jdtype)) {
         problem(p, "tensor '%s': dtype has type %s, expected a string", name,
                 ds4_json_type_name(jdtype));
+    } else if (strlen(json_string_value(jdtype)) != json_string_length(jdtype)) {
+        problem(p, "tensor '%s': dtype contains a NUL byte", name);
     } else {
         dtype = ds4_dtype_parse(json_string_value(jdtype));
         if (dtype < 0)
