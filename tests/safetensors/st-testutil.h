@@ -50,8 +50,8 @@ static inline int stt_write_st(const char *dir, const char *name, const char *he
     memcpy(buf + 8, header, hlen);
     memset(buf + 8 + hlen, ' ', padded - hlen);
     for (size_t i = 0; i < data_len; i++)
-        buf[8 + padded + i] = data != NULL ? ((const unsigned char *)data)[i]
-                                           : (unsigned char)(i % 251);
+        buf[8 + padded + i] =
+            data != NULL ? ((const unsigned char *)data)[i] : (unsigned char)(i % 251);
     int rc = stt_write_raw(dir, name, buf, total);
     free(buf);
     return rc;

@@ -124,7 +124,8 @@ static void check_all_against_ref(ds4_st_h st, const char *file)
     size_t n_ref = 0, mismatches = 0;
     const char *key;
     json_t *e;
-    json_object_foreach(r.header, key, e) {
+    json_object_foreach(r.header, key, e)
+    {
         if (strcmp(key, "__metadata__") == 0)
             continue;
         n_ref++;
@@ -138,12 +139,12 @@ static void check_all_against_ref(ds4_st_h st, const char *file)
         }
         ds4_diag_free(&d);
         json_t *shape = json_object_get(e, "shape");
-        uint64_t begin = (uint64_t)json_integer_value(json_array_get(json_object_get(e,
-                                                       "data_offsets"), 0));
-        uint64_t end = (uint64_t)json_integer_value(json_array_get(json_object_get(e,
-                                                     "data_offsets"), 1));
-        bool ok = strcmp(ds4_dtype_name(v.dtype),
-                         json_string_value(json_object_get(e, "dtype"))) == 0;
+        uint64_t begin =
+            (uint64_t)json_integer_value(json_array_get(json_object_get(e, "data_offsets"), 0));
+        uint64_t end =
+            (uint64_t)json_integer_value(json_array_get(json_object_get(e, "data_offsets"), 1));
+        bool ok =
+            strcmp(ds4_dtype_name(v.dtype), json_string_value(json_object_get(e, "dtype"))) == 0;
         ok = ok && (size_t)v.n_dims == json_array_size(shape);
         for (size_t i = 0; ok && i < json_array_size(shape); i++)
             ok = v.shape[i] == json_integer_value(json_array_get(shape, i));
@@ -248,8 +249,8 @@ static void test_tiny_a_single_file(void)
 
 static void test_dtypes(void)
 {
-    static const char *names[] = {"F32", "F16", "BF16", "I64", "I32", "I8", "U8",
-                                  "F8_E4M3", "F8_E8M0"};
+    static const char *names[] = {"F32", "F16", "BF16",    "I64",    "I32",
+                                  "I8",  "U8",  "F8_E4M3", "F8_E8M0"};
     static const size_t sizes[] = {4, 2, 2, 8, 4, 1, 1, 1, 1};
     DS4_CHECK_EQ_INT(DS4_DTYPE_COUNT, 9);
     for (int i = 0; i < DS4_DTYPE_COUNT; i++) {

@@ -148,8 +148,8 @@ static void test_unknown_dtype(void)
     reject_header("{\"d\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}", 8,
                   NEEDLES("tensor 'd'", "unknown dtype 'F64'"));
     /* jansson keeps NUL bytes in strings: "F32\0x" must not read as F32 */
-    reject_header("{\"d\":{\"dtype\":\"F32\\u0000x\",\"shape\":[2],\"data_offsets\":[0,8]}}",
-                  8, NEEDLES("tensor 'd'", "dtype contains a NUL byte"));
+    reject_header("{\"d\":{\"dtype\":\"F32\\u0000x\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+                  NEEDLES("tensor 'd'", "dtype contains a NUL byte"));
     reject_header("{\"d\":{\"dtype\":7,\"shape\":[1],\"data_offsets\":[0,8]}}", 8,
                   NEEDLES("tensor 'd'", "dtype has type integer"));
 }
@@ -262,8 +262,7 @@ static void test_not_found_paths(void)
 
 /* ---- index cases ---- */
 
-static const char *k_good_shard =
-    "{\"w\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}}";
+static const char *k_good_shard = "{\"w\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}}";
 
 static void reject_index(const char *index_json, ds4_status_t want, const char *const *needles)
 {
@@ -280,8 +279,7 @@ static void test_index_missing_shard(void)
     DS4_CHECK(stt_write_st(g_dir, "good-shard.safetensors", k_good_shard, 1, NULL, 4, 0) == 0);
     reject_index("{\"weight_map\":{\"w\":\"good-shard.safetensors\","
                  "\"v\":\"gone-00002.safetensors\"}}",
-                 DS4_ERR_CHECKPOINT, NEEDLES("shard", "gone-00002.safetensors",
-                                             "cannot be found"));
+                 DS4_ERR_CHECKPOINT, NEEDLES("shard", "gone-00002.safetensors", "cannot be found"));
 }
 
 static void test_index_dotdot(void)
@@ -303,8 +301,7 @@ static void test_index_malformed(void)
     reject_index("{\"weight_map\":{\"w\":\"good-shard.safetensors\"", DS4_ERR_CHECKPOINT,
                  NEEDLES("invalid JSON"));
     reject_index("{\"metadata\":{}}", DS4_ERR_CHECKPOINT, NEEDLES("missing weight_map"));
-    reject_index("{\"weight_map\":[]}", DS4_ERR_CHECKPOINT,
-                 NEEDLES("weight_map has type array"));
+    reject_index("{\"weight_map\":[]}", DS4_ERR_CHECKPOINT, NEEDLES("weight_map has type array"));
     reject_index("{\"weight_map\":{\"w\":3}}", DS4_ERR_CHECKPOINT,
                  NEEDLES("weight_map.w has type integer"));
     reject_index("{\"weight_map\":{}}", DS4_ERR_CHECKPOINT, NEEDLES("weight_map is empty"));
@@ -406,8 +403,8 @@ static void test_mutations(void)
     memset(good + 8 + hlen, ' ', padded - hlen);
     for (size_t i = 0; i < data; i++)
         good[8 + padded + i] = (unsigned char)i;
-    static const unsigned char repl[] = {'0', '9', '-', '"', '{', '}', '[', ']', ',', ':',
-                                         ' ', 0x00, 0xff, 'e', '.', 0x80};
+    static const unsigned char repl[] = {'0', '9', '-', '"',  '{',  '}', '[', ']',
+                                         ',', ':', ' ', 0x00, 0xff, 'e', '.', 0x80};
     uint32_t rng = 12345;
     int opened = 0, rejected = 0, silent = 0;
     for (int it = 0; it < 3000; it++) {

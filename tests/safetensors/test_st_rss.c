@@ -88,8 +88,10 @@ static void test_touch_only_what_is_read(void)
     DS4_CHECK_EQ_INT(v.size_bytes, BIG_BYTES);
     long rss1 = stt_rss_kib();
     long grew_kib = rss1 - rss0;
-    fprintf(stderr, "    VmRSS %ld -> %ld KiB after open + one tensor (+%ld KiB) for %d x %"
-            PRIu64 " MiB\n", rss0, rss1, grew_kib, N_SHARDS, SHARD_BYTES >> 20);
+    fprintf(stderr,
+            "    VmRSS %ld -> %ld KiB after open + one tensor (+%ld KiB) for %d x %" PRIu64
+            " MiB\n",
+            rss0, rss1, grew_kib, N_SHARDS, SHARD_BYTES >> 20);
     DS4_CHECKF(grew_kib < 16 * 1024, "resident memory grew %ld KiB reading a 64-byte tensor",
                grew_kib);
 

@@ -39,8 +39,8 @@ static void format_shape(const ds4_tensor_view_t *v, char *buf, size_t cap)
 {
     size_t used = (size_t)snprintf(buf, cap, "[");
     for (int32_t i = 0; i < v->n_dims && used < cap; i++)
-        used += (size_t)snprintf(buf + used, cap - used, "%s%" PRId64, i > 0 ? "," : "",
-                                 v->shape[i]);
+        used +=
+            (size_t)snprintf(buf + used, cap - used, "%s%" PRId64, i > 0 ? "," : "", v->shape[i]);
     if (used < cap)
         snprintf(buf + used, cap - used, "]");
 }
@@ -83,8 +83,8 @@ static int cmd_list(const char *path)
         }
         char shape[256];
         format_shape(&v, shape, sizeof(shape));
-        printf("%-48s %-8s %-20s %12zu  %s\n", v.name, ds4_dtype_name(v.dtype), shape,
-               v.size_bytes, base_name(v.file));
+        printf("%-48s %-8s %-20s %12zu  %s\n", v.name, ds4_dtype_name(v.dtype), shape, v.size_bytes,
+               base_name(v.file));
     }
     if (rc != 0) {
         fprintf(stderr, "%s: invalid\n", path);
@@ -155,11 +155,16 @@ static double value_at(const ds4_tensor_view_t *v, size_t i)
     case DS4_DTYPE_I32:
         memcpy(&i32, p, 4);
         return i32;
-    case DS4_DTYPE_I8: return (int8_t)p[0];
-    case DS4_DTYPE_U8: return p[0];
-    case DS4_DTYPE_F8_E4M3: return ds4_e4m3_to_f32(p[0]);
-    case DS4_DTYPE_F8_E8M0: return ds4_e8m0_to_f32(p[0]);
-    case DS4_DTYPE_COUNT: break;
+    case DS4_DTYPE_I8:
+        return (int8_t)p[0];
+    case DS4_DTYPE_U8:
+        return p[0];
+    case DS4_DTYPE_F8_E4M3:
+        return ds4_e4m3_to_f32(p[0]);
+    case DS4_DTYPE_F8_E8M0:
+        return ds4_e8m0_to_f32(p[0]);
+    case DS4_DTYPE_COUNT:
+        break;
     }
     return 0.0;
 }

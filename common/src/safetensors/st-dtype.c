@@ -7,14 +7,10 @@ static const struct {
     const char *name;
     size_t size;
 } k_dtypes[DS4_DTYPE_COUNT] = {
-    [DS4_DTYPE_F32] = {"F32", 4},
-    [DS4_DTYPE_F16] = {"F16", 2},
-    [DS4_DTYPE_BF16] = {"BF16", 2},
-    [DS4_DTYPE_I64] = {"I64", 8},
-    [DS4_DTYPE_I32] = {"I32", 4},
-    [DS4_DTYPE_I8] = {"I8", 1},
-    [DS4_DTYPE_U8] = {"U8", 1},
-    [DS4_DTYPE_F8_E4M3] = {"F8_E4M3", 1},
+    [DS4_DTYPE_F32] = {"F32", 4},         [DS4_DTYPE_F16] = {"F16", 2},
+    [DS4_DTYPE_BF16] = {"BF16", 2},       [DS4_DTYPE_I64] = {"I64", 8},
+    [DS4_DTYPE_I32] = {"I32", 4},         [DS4_DTYPE_I8] = {"I8", 1},
+    [DS4_DTYPE_U8] = {"U8", 1},           [DS4_DTYPE_F8_E4M3] = {"F8_E4M3", 1},
     [DS4_DTYPE_F8_E8M0] = {"F8_E8M0", 1},
 };
 

@@ -110,9 +110,8 @@ ds4_status_t ds4__st_file_open(const char *path, ds4__st_file_t **out, ds4_diag_
     f->map_bytes = (size_t)size;
     f->data_start = 8 + header_bytes;
 
-    st = ds4__st_header_parse((const char *)f->map + 8, (size_t)header_bytes, path,
-                              f->data_start, size - f->data_start, &f->tensors, &f->n_tensors,
-                              diag);
+    st = ds4__st_header_parse((const char *)f->map + 8, (size_t)header_bytes, path, f->data_start,
+                              size - f->data_start, &f->tensors, &f->n_tensors, diag);
     if (st != DS4_OK)
         goto close_fd;
     st = ds4__st_map_init(&f->by_name, f->n_tensors);

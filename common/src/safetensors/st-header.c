@@ -57,11 +57,13 @@ static void check_metadata(problems_t *p, const json_t *meta)
     const char *key;
     size_t key_len;
     json_t *v;
-    json_object_keylen_foreach((json_t *)meta, key, key_len, v) {
+    json_object_keylen_foreach((json_t *)meta, key, key_len, v)
+    {
         if (key_len != strlen(key))
             problem(p, "__metadata__ has a key with a NUL byte");
         else if (!json_is_string(v))
-            problem(p, "__metadata__.%s has type %s, expected a string", key, ds4_json_type_name(v));
+            problem(p, "__metadata__.%s has type %s, expected a string", key,
+                    ds4_json_type_name(v));
     }
 }
 
@@ -69,8 +71,8 @@ static void check_metadata(problems_t *p, const json_t *meta)
  * Parses one tensor entry into *t (name not set). Reports every problem of the entry; returns
  * true when the entry is valid.
  */
-static bool parse_tensor(problems_t *p, const char *name, const json_t *entry,
-                         uint64_t data_start, uint64_t data_bytes, ds4__st_tensor_t *t)
+static bool parse_tensor(problems_t *p, const char *name, const json_t *entry, uint64_t data_start,
+                         uint64_t data_bytes, ds4__st_tensor_t *t)
 {
     size_t before = p->count;
     if (!json_is_object(entry)) {
@@ -80,7 +82,8 @@ static bool parse_tensor(problems_t *p, const char *name, const json_t *entry,
     }
     const char *key;
     json_t *v;
-    json_object_foreach((json_t *)entry, key, v) {
+    json_object_foreach((json_t *)entry, key, v)
+    {
         if (strcmp(key, "dtype") != 0 && strcmp(key, "shape") != 0 &&
             strcmp(key, "data_offsets") != 0)
             problem(p, "tensor '%s': unknown key '%s'", name, key);
@@ -99,8 +102,9 @@ static bool parse_tensor(problems_t *p, const char *name, const json_t *entry,
     } else {
         dtype = ds4_dtype_parse(json_string_value(jdtype));
         if (dtype < 0)
-            problem(p, "tensor '%s': unknown dtype '%s' (supported: BF16 F16 F32 I64 I32 I8 U8 "
-                       "F8_E4M3 F8_E8M0)",
+            problem(p,
+                    "tensor '%s': unknown dtype '%s' (supported: BF16 F16 F32 I64 I32 I8 U8 "
+                    "F8_E4M3 F8_E8M0)",
                     name, json_string_value(jdtype));
     }
 
@@ -124,8 +128,8 @@ static bool parse_tensor(problems_t *p, const char *name, const json_t *entry,
             const json_t *je = json_array_get(jshape, (size_t)d);
             int64_t e;
             if (!get_nonneg(je, &e)) {
-                problem(p, "tensor '%s': shape[%d] %s %s, expected a non-negative integer",
-                        name, (int)d, json_is_integer(je) ? "is" : "has type",
+                problem(p, "tensor '%s': shape[%d] %s %s, expected a non-negative integer", name,
+                        (int)d, json_is_integer(je) ? "is" : "has type",
                         json_is_integer(je) ? "negative" : ds4_json_type_name(je));
                 shape_ok = false;
                 continue;
@@ -152,8 +156,7 @@ static bool parse_tensor(problems_t *p, const char *name, const json_t *entry,
                !get_nonneg(json_array_get(joff, 1), &end)) {
         problem(p, "tensor '%s': data_offsets must be non-negative integers", name);
     } else if (begin > end) {
-        problem(p, "tensor '%s': data_offsets begin %" PRId64 " > end %" PRId64, name, begin,
-                end);
+        problem(p, "tensor '%s': data_offsets begin %" PRId64 " > end %" PRId64, name, begin, end);
     } else if ((uint64_t)end > data_bytes) {
         problem(p,
                 "tensor '%s': data_offsets [%" PRId64 ", %" PRId64 ") past the end of the data "
@@ -177,10 +180,10 @@ static bool parse_tensor(problems_t *p, const char *name, const json_t *entry,
         } else if ((data_start + (uint64_t)begin) % elsize != 0) {
             /* Writers (the safetensors library, DeepSeek's) align every tensor; views are cast
              * to typed pointers by the engine, so a misaligned tensor is refused. */
-            problem(p, "tensor '%s': data at file offset %" PRIu64 " is not aligned to %" PRIu64
-                       " bytes (%s)",
-                    name, data_start + (uint64_t)begin, elsize,
-                    ds4_dtype_name((ds4_dtype_t)dtype));
+            problem(p,
+                    "tensor '%s': data at file offset %" PRIu64 " is not aligned to %" PRIu64
+                    " bytes (%s)",
+                    name, data_start + (uint64_t)begin, elsize, ds4_dtype_name((ds4_dtype_t)dtype));
         }
     }
     if (p->count != before)
@@ -271,7 +274,8 @@ ds4_status_t ds4__st_header_parse(const char *json, size_t len, const char *path
     const char *key;
     size_t key_len;
     json_t *v;
-    json_object_keylen_foreach(root, key, key_len, v) {
+    json_object_keylen_foreach(root, key, key_len, v)
+    {
         if (key_len != strlen(key)) {
             problem(&p, "header has a tensor name with a NUL byte");
             continue;
@@ -300,8 +304,7 @@ ds4_status_t ds4__st_header_parse(const char *json, size_t len, const char *path
         goto fail;
     if (p.count > 0) {
         if (p.count > DS4__ST_MAX_PROBLEMS)
-            ds4_diag_addf(diag, path, "... and %zu more problems",
-                          p.count - DS4__ST_MAX_PROBLEMS);
+            ds4_diag_addf(diag, path, "... and %zu more problems", p.count - DS4__ST_MAX_PROBLEMS);
         st = DS4_ERR_CHECKPOINT;
         goto fail;
     }

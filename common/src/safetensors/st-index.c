@@ -60,7 +60,8 @@ ds4_status_t ds4__st_index_load(const char *path, ds4__st_index_t *out, ds4_diag
         return st == DS4_ERR_PARSE ? DS4_ERR_CHECKPOINT : st;
     st = DS4_ERR_CHECKPOINT;
     if (!json_is_object(root)) {
-        ds4_diag_addf(diag, path, "index has type %s, expected an object", ds4_json_type_name(root));
+        ds4_diag_addf(diag, path, "index has type %s, expected an object",
+                      ds4_json_type_name(root));
         goto fail;
     }
     json_t *meta = json_object_get(root, "metadata");
@@ -101,7 +102,8 @@ ds4_status_t ds4__st_index_load(const char *path, ds4__st_index_t *out, ds4_diag
     const char *key;
     size_t key_len;
     json_t *v;
-    json_object_keylen_foreach(wm, key, key_len, v) {
+    json_object_keylen_foreach(wm, key, key_len, v)
+    {
         if (key_len != strlen(key) || key_len == 0) {
             ds4_diag_addf(diag, path, "weight_map has a tensor name that is empty or has a NUL");
             problems++;

@@ -71,14 +71,14 @@ void ds4__st_tensors_free(ds4__st_tensor_t *tensors, size_t n);
 /* ---- one mapped .safetensors file ---- */
 
 typedef struct ds4__st_file {
-    char *path;               /* owned */
-    const uint8_t *map;       /* whole file, PROT_READ, MAP_SHARED */
-    size_t map_bytes;         /* file size */
-    uint64_t data_start;      /* 8 + header length */
+    char *path;          /* owned */
+    const uint8_t *map;  /* whole file, PROT_READ, MAP_SHARED */
+    size_t map_bytes;    /* file size */
+    uint64_t data_start; /* 8 + header length */
     ds4__st_tensor_t *tensors;
     size_t n_tensors;
-    ds4__st_map_t by_name;    /* name -> index into tensors */
-    uint64_t tensor_bytes;    /* sum of all tensors' sizes */
+    ds4__st_map_t by_name; /* name -> index into tensors */
+    uint64_t tensor_bytes; /* sum of all tensors' sizes */
 } ds4__st_file_t;
 
 /*
@@ -94,10 +94,10 @@ void ds4__st_file_view(const ds4__st_file_t *file, const ds4__st_tensor_t *t,
 /* ---- model.safetensors.index.json ---- */
 
 typedef struct ds4__st_index {
-    char **names;        /* tensor names in weight_map order, owned */
-    uint32_t *shard_of;  /* names[i] lives in shards[shard_of[i]] */
+    char **names;       /* tensor names in weight_map order, owned */
+    uint32_t *shard_of; /* names[i] lives in shards[shard_of[i]] */
     size_t n_names;
-    char **shards;       /* full paths (index directory + relative name), first-seen order, owned */
+    char **shards; /* full paths (index directory + relative name), first-seen order, owned */
     size_t n_shards;
 } ds4__st_index_t;
 

@@ -12,11 +12,11 @@
 #include <sys/stat.h>
 
 typedef struct st_shard {
-    char *path;                          /* owned */
-    _Atomic(ds4__st_file_t *) file;      /* set once (release) when opened and valid */
-    bool failed;                         /* under ds4_st.lock: the open failed... */
-    ds4_status_t fail_status;            /* ...with this status */
-    ds4_diag_t fail_diag;                /* ...and these problems (replayed to later callers) */
+    char *path;                     /* owned */
+    _Atomic(ds4__st_file_t *) file; /* set once (release) when opened and valid */
+    bool failed;                    /* under ds4_st.lock: the open failed... */
+    ds4_status_t fail_status;       /* ...with this status */
+    ds4_diag_t fail_diag;           /* ...and these problems (replayed to later callers) */
 } st_shard_t;
 
 struct ds4_st {
@@ -196,8 +196,7 @@ size_t ds4_st_shard_count(ds4_st_h st)
 }
 
 /* Returns the opened shard, opening it on first use; failures are remembered and replayed. */
-static ds4_status_t shard_get(ds4_st_h st, size_t si, const ds4__st_file_t **out,
-                              ds4_diag_t *diag)
+static ds4_status_t shard_get(ds4_st_h st, size_t si, const ds4__st_file_t **out, ds4_diag_t *diag)
 {
     st_shard_t *sh = &st->shards[si];
     ds4__st_file_t *f = atomic_load_explicit(&sh->file, memory_order_acquire);
@@ -268,8 +267,7 @@ static void format_shape(char *buf, size_t cap, int32_t n_dims, const int64_t *s
     size_t used = 0;
     used += (size_t)snprintf(buf, cap, "[");
     for (int32_t d = 0; d < n_dims && used < cap; d++)
-        used += (size_t)snprintf(buf + used, cap - used, "%s%" PRId64, d > 0 ? ", " : "",
-                                 shape[d]);
+        used += (size_t)snprintf(buf + used, cap - used, "%s%" PRId64, d > 0 ? ", " : "", shape[d]);
     if (used < cap)
         snprintf(buf + used, cap - used, "]");
 }
@@ -293,8 +291,8 @@ ds4_status_t ds4_st_expect(ds4_st_h st, const char *name, ds4_dtype_t dtype, int
     char want[160], got[160];
     format_shape(want, sizeof(want), n_dims, shape);
     format_shape(got, sizeof(got), v.n_dims, v.shape);
-    ds4_diag_addf(diag, name, "expected %s %s (-1 = any), found %s %s in %s",
-                  ds4_dtype_name(dtype), want, ds4_dtype_name(v.dtype), got, v.file);
+    ds4_diag_addf(diag, name, "expected %s %s (-1 = any), found %s %s in %s", ds4_dtype_name(dtype),
+                  want, ds4_dtype_name(v.dtype), got, v.file);
     return DS4_ERR_MODEL;
 }
 
