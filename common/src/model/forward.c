@@ -1,0 +1,222 @@
+/* The forward pass: embedding -> blocks (mHC + attention + MoE) -> mHC head -> norm -> head,
+ * per sequence and chunk; the step API over a batch of sequences; the MTP block. */
+#include "model-internal.h"
+
+#include "ds4/alloc.h"
+#include "ds4/log.h"
+
+#include <string.h>
+
+ds4_status_t ds4__block(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, float *X, int64_t T,
+                        int64_t p0, const int32_t *tokens, const ds4_step_hooks_t *hooks)
+{
+    const ds4_model_config_t *c = &m->cfg;
+    int64_t d = c->hidden_size, hc = c->hc_mult;
+    ds4_status_t st = DS4_OK;
+    float *y = ds4_malloc_array((size_t)(T * d), sizeof(float));
+    float *xn = ds4_malloc_array((size_t)(T * d), sizeof(float));
+    float *f = ds4_malloc_array((size_t)(T * d), sizeof(float));
+    float *post = ds4_malloc_array((size_t)(T * hc), sizeof(float));
+    float *comb = ds4_malloc_array((size_t)(T * hc * hc), sizeof(float));
+    if (y == NULL || xn == NULL || f == NULL || post == NULL || comb == NULL) {
+        st = DS4_ERR_NO_MEMORY;
+        goto out;
+    }
+    ds4__hc_pre(m, X, T, L->hc_attn_fn, L->hc_attn_base, L->hc_attn_scale, y, post, comb);
+    ds4__rmsnorm_rows(y, L->attn_norm, T, d, c->rms_norm_eps, xn);
+    st = ds4__attention(m, s, L, xn, T, p0, f, hooks);
+    if (st != DS4_OK)
+        goto out;
+    ds4__hc_post(c, X, T, f, post, comb);
+    ds4__hc_pre(m, X, T, L->hc_ffn_fn, L->hc_ffn_base, L->hc_ffn_scale, y, post, comb);
+    ds4__rmsnorm_rows(y, L->ffn_norm, T, d, c->rms_norm_eps, xn);
+    st = ds4__moe(m, L, xn, T, tokens, f);
+    if (st != DS4_OK)
+        goto out;
+    ds4__hc_post(c, X, T, f, post, comb);
+out:
+    ds4_free(y);
+    ds4_free(xn);
+    ds4_free(f);
+    ds4_free(post);
+    ds4_free(comb);
+    return st;
+}
+
+/* Logits of `rows` stream rows X[rows][hc*d] through an hc head + norm + the shared head. */
+static ds4_status_t head_logits(ds4_model_h m, const float *X, int64_t rows, const float *fn,
+                                const float *base, const float *scale, const uint16_t *norm,
+                                float *logits)
+{
+    const ds4_model_config_t *c = &m->cfg;
+    int64_t d = c->hidden_size;
+    float *y = ds4_malloc_array((size_t)(rows * d), sizeof(float));
+    float *yn = ds4_malloc_array((size_t)(rows * d), sizeof(float));
+    if (y == NULL || yn == NULL) {
+        ds4_free(y);
+        ds4_free(yn);
+        return DS4_ERR_NO_MEMORY;
+    }
+    ds4__hc_head(m, X, rows, fn, base, scale, y);
+    ds4__rmsnorm_rows(y, norm, rows, d, c->rms_norm_eps, yn);
+    m->ops->matmul(m->be, &m->head, rows, yn, logits, 0);
+    ds4_free(y);
+    ds4_free(yn);
+    return DS4_OK;
+}
+
+static void embed_rows(ds4_model_h m, const int32_t *tokens, int64_t n, float *X, bool streams)
+{
+    const ds4_model_config_t *c = &m->cfg;
+    int64_t d = c->hidden_size, hc = streams ? c->hc_mult : 1;
+    const uint16_t *E = m->embed.data;
+    for (int64_t t = 0; t < n; t++) {
+        const uint16_t *row = E + (int64_t)tokens[t] * d;
+        for (int64_t j = 0; j < hc; j++)
+            for (int64_t i = 0; i < d; i++)
+                X[(t * hc + j) * d + i] = ds4_bf16_to_f32(row[i]);
+    }
+}
+
+static ds4_status_t check_tokens(ds4_model_h m, ds4_seq_h s, const int32_t *tokens, int64_t n,
+                                 int64_t pos)
+{
+    const ds4_model_config_t *c = &m->cfg;
+    for (int64_t t = 0; t < n; t++) {
+        if (tokens[t] < 0 || tokens[t] >= c->vocab_size) {
+            ds4_log_error("token %lld at index %lld outside the vocabulary [0, %d)",
+                          (long long)tokens[t], (long long)t, c->vocab_size);
+            return DS4_ERR_VOCAB;
+        }
+    }
+    if (pos + n > c->max_position_embeddings) {
+        ds4_log_error("sequence would reach %lld tokens, past max_position_embeddings %lld",
+                      (long long)(pos + n), (long long)c->max_position_embeddings);
+        return DS4_ERR_CONTEXT_FULL;
+    }
+    return DS4_OK;
+}
+
+static ds4_status_t seq_forward(ds4_model_h m, ds4_step_item_t *it, const ds4_step_hooks_t *hooks)
+{
+    const ds4_model_config_t *c = &m->cfg;
+    ds4_seq_h s = it->seq;
+    int64_t T = it->n_tokens, p0 = s->pos;
+    int64_t d = c->hidden_size, hc = c->hc_mult;
+    if (T == 0)
+        return DS4_OK;
+    float *X = ds4_malloc_array((size_t)(T * hc * d), sizeof(float));
+    if (X == NULL)
+        return DS4_ERR_NO_MEMORY;
+    embed_rows(m, it->tokens, T, X, true);
+    ds4_status_t st = DS4_OK;
+    for (int l = 0; l < c->n_layers; l++) {
+        st = ds4__block(m, s, &m->layers[l], X, T, p0, it->tokens, hooks);
+        if (st != DS4_OK)
+            goto out;
+        if (hooks != NULL && hooks->layer_done != NULL)
+            hooks->layer_done(hooks->arg, s, l, p0, (int)T, X);
+    }
+    memcpy(s->last_streams, X + (T - 1) * hc * d, sizeof(float) * (size_t)(hc * d));
+    if (it->logits != NULL) {
+        bool all = (it->flags & DS4_STEP_ALL_LOGITS) != 0;
+        int64_t rows = all ? T : 1;
+        const float *Xr = all ? X : X + (T - 1) * hc * d;
+        st = head_logits(m, Xr, rows, m->hc_head_fn, m->hc_head_base, m->hc_head_scale, m->norm,
+                         it->logits);
+        if (st != DS4_OK)
+            goto out;
+    }
+    s->pos = p0 + T;
+out:
+    ds4_free(X);
+    return st;
+}
+
+ds4_status_t ds4_model_step(ds4_model_h m, ds4_step_item_t *items, int n_items,
+                            const ds4_step_hooks_t *hooks)
+{
+    if (n_items < 0 || (n_items > 0 && items == NULL))
+        return DS4_ERR_INVALID_ARG;
+    for (int i = 0; i < n_items; i++) {
+        if (items[i].seq == NULL || items[i].n_tokens < 0 ||
+            (items[i].n_tokens > 0 && items[i].tokens == NULL))
+            return DS4_ERR_INVALID_ARG;
+        for (int j = 0; j < i; j++) {
+            if (items[j].seq == items[i].seq) {
+                ds4_log_error("step: sequence appears twice in one batch (items %d and %d)", j, i);
+                return DS4_ERR_INVALID_ARG;
+            }
+        }
+        ds4_status_t st = check_tokens(m, items[i].seq, items[i].tokens, items[i].n_tokens,
+                                       items[i].seq->pos);
+        if (st != DS4_OK)
+            return st;
+    }
+    for (int i = 0; i < n_items; i++) {
+        ds4_status_t st = seq_forward(m, &items[i], hooks);
+        if (st != DS4_OK)
+            return st;
+    }
+    return DS4_OK;
+}
+
+ds4_status_t ds4_model_mtp_forward(ds4_model_h m, ds4_seq_h s, int64_t pos0, int n,
+                                   const float *streams, const int32_t *next_tokens,
+                                   float *logits)
+{
+    const ds4_model_config_t *c = &m->cfg;
+    if (c->n_mtp_layers < 1) {
+        ds4_log_error("mtp: the checkpoint has no MTP block");
+        return DS4_ERR_UNSUPPORTED;
+    }
+    if (n <= 0 || pos0 != s->mtp_pos) {
+        ds4_log_error("mtp: positions must continue the MTP state (at %lld, got %lld)",
+                      (long long)s->mtp_pos, (long long)pos0);
+        return DS4_ERR_INVALID_ARG;
+    }
+    ds4_status_t st = check_tokens(m, s, next_tokens, n, pos0);
+    if (st != DS4_OK)
+        return st;
+    const ds4_layer_w_t *L = &m->layers[c->n_layers];
+    int64_t d = c->hidden_size, hc = c->hc_mult;
+    float *e = ds4_malloc_array((size_t)(n * d), sizeof(float));
+    float *en = ds4_malloc_array((size_t)(n * d), sizeof(float));
+    float *ep = ds4_malloc_array((size_t)(n * d), sizeof(float));
+    float *xh = ds4_malloc_array((size_t)(n * hc * d), sizeof(float));
+    float *X = ds4_malloc_array((size_t)(n * hc * d), sizeof(float));
+    if (e == NULL || en == NULL || ep == NULL || xh == NULL || X == NULL) {
+        st = DS4_ERR_NO_MEMORY;
+        goto out;
+    }
+    embed_rows(m, next_tokens, n, e, false);
+    ds4__rmsnorm_rows(e, L->enorm, n, d, c->rms_norm_eps, en);
+    ds4__linear_bf16(m, &L->e_proj, n, en, ep, 0);
+    ds4__rmsnorm_rows(streams, L->hnorm, n * hc, d, c->rms_norm_eps, xh);
+    ds4__linear_bf16(m, &L->h_proj, n * hc, xh, X, 0);
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < hc; j++)
+            for (int64_t i = 0; i < d; i++)
+                X[(t * hc + j) * d + i] = ds4_round_bf16(ep[t * d + i] + X[(t * hc + j) * d + i]);
+    st = ds4__block(m, s, L, X, n, pos0, next_tokens, NULL);
+    if (st != DS4_OK)
+        goto out;
+    s->mtp_pos = pos0 + n;
+    if (logits != NULL)
+        st = head_logits(m, X + (int64_t)(n - 1) * hc * d, 1, L->hc_head_fn, L->hc_head_base,
+                         L->hc_head_scale, L->mtp_norm, logits);
+out:
+    ds4_free(e);
+    ds4_free(en);
+    ds4_free(ep);
+    ds4_free(xh);
+    ds4_free(X);
+    return st;
+}
+
+ds4_status_t ds4_model_mtp_step(ds4_model_h m, ds4_seq_h s, int32_t next_token, float *logits)
+{
+    if (s->pos < 1)
+        return DS4_ERR_INVALID_ARG;
+    return ds4_model_mtp_forward(m, s, s->pos - 1, 1, s->last_streams, &next_token, logits);
+}

@@ -1,0 +1,290 @@
+/* Element-wise and small ops of the V4 forward pass, with the reference's rounding points. */
+#include "model-internal.h"
+
+#include "ds4/alloc.h"
+#include "ds4/log.h"
+
+#include <math.h>
+#include <string.h>
+
+void ds4__round_bf16_arr(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = ds4_round_bf16(x[i]);
+}
+
+void ds4__rmsnorm_rows(const float *x, const uint16_t *w, int64_t rows, int64_t n, double eps,
+                       float *out)
+{
+    const float e = (float)eps;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *o = out + r * n;
+        double ss = 0.0;
+        for (int64_t i = 0; i < n; i++)
+            ss += (double)(xr[i] * xr[i]);
+        float rs = 1.0f / sqrtf((float)ss / (float)n + e);
+        for (int64_t i = 0; i < n; i++)
+            o[i] = ds4_round_bf16(ds4_bf16_to_f32(w[i]) * (xr[i] * rs));
+    }
+}
+
+void ds4__rope_freqs(const ds4_model_config_t *c, bool compressed, float *freqs)
+{
+    int dim = c->rope_head_dim;
+    double base = compressed ? c->compress_rope_theta : c->rope_theta;
+    for (int i = 0; i < dim / 2; i++) {
+        float ex = (float)(2 * i) / (float)dim;
+        freqs[i] = 1.0f / powf((float)base, ex);
+    }
+    if (compressed && c->has_yarn && c->rope_original_max_pos > 0) {
+        double orig = (double)c->rope_original_max_pos;
+        double lo_d = dim * log(orig / (c->beta_fast * 2 * M_PI)) / (2 * log(base));
+        double hi_d = dim * log(orig / (c->beta_slow * 2 * M_PI)) / (2 * log(base));
+        double low = floor(lo_d), high = ceil(hi_d);
+        if (low < 0)
+            low = 0;
+        if (high > dim - 1)
+            high = dim - 1;
+        if (low == high)
+            high += 0.001;
+        for (int i = 0; i < dim / 2; i++) {
+            float lin = ((float)i - (float)low) / ((float)high - (float)low);
+            float ramp = lin < 0.0f ? 0.0f : (lin > 1.0f ? 1.0f : lin);
+            float smooth = 1.0f - ramp;
+            freqs[i] = freqs[i] / (float)c->rope_factor * (1.0f - smooth) + freqs[i] * smooth;
+        }
+    }
+}
+
+void ds4__rope(float *x, int rd, const float *freqs, int64_t pos, bool inverse)
+{
+    for (int i = 0; i < rd / 2; i++) {
+        float ang = (float)pos * freqs[i];
+        float cs = cosf(ang), sn = sinf(ang);
+        if (inverse)
+            sn = -sn;
+        float a = x[2 * i], b = x[2 * i + 1];
+        x[2 * i] = ds4_round_bf16(a * cs - b * sn);
+        x[2 * i + 1] = ds4_round_bf16(a * sn + b * cs);
+    }
+}
+
+void ds4__hadamard_bf16(float *x, int n)
+{
+    for (int h = 1; h < n; h *= 2) {
+        for (int i = 0; i < n; i += 2 * h) {
+            for (int j = i; j < i + h; j++) {
+                float a = x[j], b = x[j + h];
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+        }
+    }
+    float sc = (float)(1.0 / sqrt((double)n));
+    for (int i = 0; i < n; i++)
+        x[i] = ds4_round_bf16(x[i] * sc);
+}
+
+void ds4__linear_bf16(ds4_model_h m, const ds4_weight_t *w, int64_t rows, const float *x,
+                      float *y, unsigned flags)
+{
+    m->ops->matmul(m->be, w, rows, x, y, flags);
+    ds4__round_bf16_arr(y, rows * w->n);
+}
+
+/* hc_split_sinkhorn of one token: mixes[(2+hc)*hc] (already scaled by rsqrt). */
+static void sinkhorn(const ds4_model_config_t *c, const float *mix, const float *base,
+                     const float *scale, float *pre, float *post, float *comb)
+{
+    int hc = c->hc_mult;
+    float eps = (float)c->hc_eps;
+    for (int j = 0; j < hc; j++) {
+        float v = mix[j] * scale[0] + base[j];
+        pre[j] = 1.0f / (1.0f + expf(-v)) + eps;
+        float u = mix[hc + j] * scale[1] + base[hc + j];
+        post[j] = 2.0f * (1.0f / (1.0f + expf(-u)));
+    }
+    float C[16 * 16];
+    for (int j = 0; j < hc; j++) {
+        float mx = -INFINITY;
+        for (int k = 0; k < hc; k++) {
+            C[j * hc + k] = mix[2 * hc + j * hc + k] * scale[2] + base[2 * hc + j * hc + k];
+            mx = C[j * hc + k] > mx ? C[j * hc + k] : mx;
+        }
+        float sum = 0.0f;
+        for (int k = 0; k < hc; k++) {
+            C[j * hc + k] = expf(C[j * hc + k] - mx);
+            sum += C[j * hc + k];
+        }
+        for (int k = 0; k < hc; k++)
+            C[j * hc + k] = C[j * hc + k] / sum + eps;
+    }
+    for (int it = 0; it < c->hc_sinkhorn_iters; it++) {
+        if (it > 0) {
+            for (int j = 0; j < hc; j++) {
+                float s = 0.0f;
+                for (int k = 0; k < hc; k++)
+                    s += C[j * hc + k];
+                for (int k = 0; k < hc; k++)
+                    C[j * hc + k] /= (s + eps);
+            }
+        }
+        for (int k = 0; k < hc; k++) {
+            float s = 0.0f;
+            for (int j = 0; j < hc; j++)
+                s += C[j * hc + k];
+            for (int j = 0; j < hc; j++)
+                C[j * hc + k] /= (s + eps);
+        }
+    }
+    memcpy(comb, C, sizeof(float) * (size_t)(hc * hc));
+}
+
+/* rsqrt(mean(x^2) + eps) over the hc*d values of each row, and raw mixes = fn . x. */
+static void hc_mixes(ds4_model_h m, const float *X, int64_t rows, const float *fn, int n_mix,
+                     float *mixes)
+{
+    const ds4_model_config_t *c = &m->cfg;
+    int64_t hd = (int64_t)c->hc_mult * c->hidden_size;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *x = X + r * hd;
+        for (int j = 0; j < n_mix; j++) {
+            const float *w = fn + (int64_t)j * hd;
+            double acc = 0.0;
+            for (int64_t i = 0; i < hd; i++)
+                acc += (double)x[i] * (double)w[i];
+            mixes[r * n_mix + j] = (float)acc;
+        }
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        const float *x = X + r * hd;
+        double ss = 0.0;
+        for (int64_t i = 0; i < hd; i++)
+            ss += (double)(x[i] * x[i]);
+        float rs = 1.0f / sqrtf((float)ss / (float)hd + (float)c->rms_norm_eps);
+        for (int j = 0; j < n_mix; j++)
+            mixes[r * n_mix + j] *= rs;
+    }
+}
+
+void ds4__hc_pre(ds4_model_h m, const float *X, int64_t rows, const float *fn, const float *base,
+                 const float *scale, float *y, float *post, float *comb)
+{
+    const ds4_model_config_t *c = &m->cfg;
+    int hc = c->hc_mult;
+    int n_mix = (2 + hc) * hc;
+    int64_t d = c->hidden_size;
+    float *mixes = ds4_malloc_array((size_t)(rows * n_mix), sizeof(float));
+    DS4_ASSERT(mixes != NULL);
+    hc_mixes(m, X, rows, fn, n_mix, mixes);
+    for (int64_t r = 0; r < rows; r++) {
+        float pre[16];
+        sinkhorn(c, mixes + r * n_mix, base, scale, pre, post + r * hc, comb + r * hc * hc);
+        const float *x = X + r * hc * d;
+        for (int64_t i = 0; i < d; i++) {
+            float acc = 0.0f;
+            for (int j = 0; j < hc; j++)
+                acc += pre[j] * x[j * d + i];
+            y[r * d + i] = ds4_round_bf16(acc);
+        }
+    }
+    ds4_free(mixes);
+}
+
+void ds4__hc_post(const ds4_model_config_t *c, float *X, int64_t rows, const float *f,
+                  const float *post, const float *comb)
+{
+    int hc = c->hc_mult;
+    int64_t d = c->hidden_size;
+    float res[16];
+    for (int64_t r = 0; r < rows; r++) {
+        float *x = X + r * hc * d;
+        const float *po = post + r * hc;
+        const float *cb = comb + r * hc * hc;
+        for (int64_t i = 0; i < d; i++) {
+            for (int j = 0; j < hc; j++)
+                res[j] = x[j * d + i];
+            float fv = f[r * d + i];
+            for (int k = 0; k < hc; k++) {
+                float acc = 0.0f;
+                for (int j = 0; j < hc; j++)
+                    acc += cb[j * hc + k] * res[j];
+                x[k * d + i] = ds4_round_bf16(po[k] * fv + acc);
+            }
+        }
+    }
+}
+
+void ds4__hc_head(ds4_model_h m, const float *X, int64_t rows, const float *fn,
+                  const float *base, const float *scale, float *y)
+{
+    const ds4_model_config_t *c = &m->cfg;
+    int hc = c->hc_mult;
+    int64_t d = c->hidden_size;
+    float *mixes = ds4_malloc_array((size_t)(rows * hc), sizeof(float));
+    DS4_ASSERT(mixes != NULL);
+    hc_mixes(m, X, rows, fn, hc, mixes);
+    for (int64_t r = 0; r < rows; r++) {
+        float pre[16];
+        for (int j = 0; j < hc; j++) {
+            float v = mixes[r * hc + j] * scale[0] + base[j];
+            pre[j] = 1.0f / (1.0f + expf(-v)) + (float)c->hc_eps;
+        }
+        const float *x = X + r * hc * d;
+        for (int64_t i = 0; i < d; i++) {
+            float acc = 0.0f;
+            for (int j = 0; j < hc; j++)
+                acc += pre[j] * x[j * d + i];
+            y[r * d + i] = ds4_round_bf16(acc);
+        }
+    }
+    ds4_free(mixes);
+}
+
+/* Row layout: nope e4m3 | nope/64 ue8m0 | rope bf16 | zero pad (to row_bytes). `vals` holds
+ * the row's values; the nope part is FP8-simulated in place (block 64). */
+void ds4__kv_row_encode(const ds4_model_config_t *c, float *vals, uint8_t *row)
+{
+    int hd = c->head_dim, rd = c->rope_head_dim, nope = hd - rd;
+    uint32_t rb = ds4_config_kv_row_bytes(c);
+    memset(row, 0, rb);
+    ds4_act_quant_fp8(vals, nope, DS4_KV_FP8_BLOCK, vals, row, row + nope);
+    uint8_t *rp = row + nope + nope / DS4_KV_FP8_BLOCK;
+    for (int i = 0; i < rd; i++) {
+        uint16_t b = ds4_f32_to_bf16(vals[nope + i]);
+        rp[2 * i] = (uint8_t)(b & 0xff);
+        rp[2 * i + 1] = (uint8_t)(b >> 8);
+    }
+}
+
+void ds4__kv_row_decode(const ds4_model_config_t *c, const uint8_t *row, float *vals)
+{
+    int hd = c->head_dim, rd = c->rope_head_dim, nope = hd - rd;
+    const uint8_t *sc = row + nope;
+    for (int b = 0; b < nope / DS4_KV_FP8_BLOCK; b++) {
+        float s = ds4_e8m0_to_f32(sc[b]);
+        for (int i = b * DS4_KV_FP8_BLOCK; i < (b + 1) * DS4_KV_FP8_BLOCK; i++)
+            vals[i] = ds4_e4m3_to_f32(row[i]) * s;
+    }
+    const uint8_t *rp = row + nope + nope / DS4_KV_FP8_BLOCK;
+    for (int i = 0; i < rd; i++)
+        vals[nope + i] = ds4_bf16_to_f32((uint16_t)(rp[2 * i] | (rp[2 * i + 1] << 8)));
+}
+
+void ds4__index_row_encode(const ds4_model_config_t *c, float *vals, uint8_t *row)
+{
+    int n = c->index_head_dim;
+    memset(row, 0, ds4_config_index_row_bytes(c));
+    ds4_act_quant_fp4(vals, n, vals, row, row + n / 2);
+}
+
+void ds4__index_row_decode(const ds4_model_config_t *c, const uint8_t *row, float *vals)
+{
+    int n = c->index_head_dim;
+    const uint8_t *sc = row + n / 2;
+    for (int i = 0; i < n; i++) {
+        uint8_t code = (i & 1) ? (uint8_t)(row[i / 2] >> 4) : (uint8_t)(row[i / 2] & 15u);
+        vals[i] = ds4_e2m1_to_f32(code) * ds4_e8m0_to_f32(sc[i / 32]);
+    }
+}

@@ -1,0 +1,147 @@
+/* The CPU backend: OpenBLAS sgemm on weight tiles dequantised on the fly (FP8/FP4/BF16 ->
+ * fp32, 128 rows at a time, each thread its own tile), activations quantised once per call. */
+#include "ds4/backend.h"
+#include "ds4/alloc.h"
+#include "ds4/log.h"
+#include "ds4/threadpool.h"
+
+#include <cblas.h>
+#include <string.h>
+
+struct ds4_backend {
+    ds4_threadpool_h pool;
+    int n_threads;
+};
+
+static ds4_status_t cpu_create(int n_threads, ds4_backend_h *out)
+{
+    struct ds4_backend *be = ds4_calloc(1, sizeof(*be));
+    if (be == NULL)
+        return DS4_ERR_NO_MEMORY;
+    ds4_threadpool_params_t p = ds4_threadpool_params_default();
+    p.n_threads = n_threads;
+    ds4_status_t st = ds4_threadpool_create(&p, &be->pool);
+    if (st != DS4_OK) {
+        ds4_free(be);
+        return st;
+    }
+    be->n_threads = ds4_threadpool_size(be->pool);
+    /* Parallelism comes from our tiles; OpenBLAS runs single-threaded inside each. */
+    openblas_set_num_threads(1);
+    *out = be;
+    return DS4_OK;
+}
+
+static void cpu_destroy(ds4_backend_h be)
+{
+    if (be == NULL)
+        return;
+    ds4_threadpool_destroy(be->pool);
+    ds4_free(be);
+}
+
+static int cpu_n_threads(ds4_backend_h be)
+{
+    return be->n_threads;
+}
+
+typedef struct mm_job {
+    const ds4_weight_t *w;
+    int64_t m;
+    const float *x;
+    float *y;
+    int64_t tile;
+    int64_t n_tiles;
+} mm_job_t;
+
+static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
+{
+    mm_job_t *j = arg;
+    const ds4_weight_t *w = j->w;
+    int64_t k = w->k;
+    float *buf = NULL;
+    if (w->type != DS4_W_F32) {
+        buf = ds4_malloc((size_t)(j->tile * k) * sizeof(float));
+        DS4_ASSERT(buf != NULL);
+    }
+    for (size_t t = begin; t < end; t++) {
+        int64_t r0 = (int64_t)t * j->tile;
+        int64_t nr = w->n - r0 < j->tile ? w->n - r0 : j->tile;
+        const float *wt;
+        if (w->type == DS4_W_F32) {
+            wt = (const float *)w->data + r0 * k;
+        } else {
+            ds4_weight_dequant_rows(w, r0, nr, buf);
+            wt = buf;
+        }
+        if (j->m == 1)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)nr, (int)k, 1.0f, wt, (int)k, j->x, 1,
+                        0.0f, j->y + r0, 1);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->m, (int)nr, (int)k,
+                        1.0f, j->x, (int)k, wt, (int)k, 0.0f, j->y + r0, (int)w->n);
+    }
+    ds4_free(buf);
+}
+
+typedef struct aq_job {
+    const float *x;
+    float *xq;
+    int64_t k;
+} aq_job_t;
+
+static void aq_rows(void *arg, size_t begin, size_t end, int thread_index)
+{
+    aq_job_t *j = arg;
+    for (size_t r = begin; r < end; r++)
+        ds4_act_quant_fp8(j->x + (int64_t)r * j->k, j->k, 128, j->xq + (int64_t)r * j->k, NULL,
+                          NULL);
+}
+
+static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const float *x,
+                       float *y, unsigned flags)
+{
+    if (m <= 0 || w->n <= 0)
+        return;
+    float *xq = NULL;
+    const float *xin = x;
+    if ((w->type == DS4_W_FP8 || w->type == DS4_W_FP4) && !(flags & DS4_MATMUL_NO_ACT_QUANT)) {
+        xq = ds4_malloc((size_t)(m * w->k) * sizeof(float));
+        DS4_ASSERT(xq != NULL);
+        aq_job_t aj = {.x = x, .xq = xq, .k = w->k};
+        ds4_threadpool_parallel_for(be->pool, (size_t)m, aq_rows, &aj);
+        xin = xq;
+    }
+    mm_job_t j = {.w = w, .m = m, .x = xin, .y = y, .tile = 128};
+    if (w->type == DS4_W_F32 || w->type == DS4_W_BF16) {
+        /* Enough tiles for every thread, never below 64 rows. */
+        int64_t per = (w->n + be->n_threads - 1) / be->n_threads;
+        j.tile = per < 64 ? 64 : (per > 512 ? 512 : per);
+    }
+    j.n_tiles = (w->n + j.tile - 1) / j.tile;
+    ds4_threadpool_parallel_for(be->pool, (size_t)j.n_tiles, mm_tiles, &j);
+    ds4_free(xq);
+}
+
+static void cpu_gemm_f32(ds4_backend_h be, int64_t m, int64_t n, int64_t k, const float *a,
+                         const float *b, float *c)
+{
+    ds4_weight_t w = {.type = DS4_W_F32, .n = n, .k = k, .data = b};
+    cpu_matmul(be, &w, m, a, c, 0);
+}
+
+static void cpu_parallel_for(ds4_backend_h be, size_t n,
+                             void (*fn)(void *, size_t, size_t, int), void *arg)
+{
+    ds4_threadpool_parallel_for(be->pool, n, fn, arg);
+}
+
+const ds4_backend_ops_t ds4_backend_cpu_ops = {
+    .name = "cpu",
+    .create = cpu_create,
+    .destroy = cpu_destroy,
+    .n_threads = cpu_n_threads,
+    .matmul = cpu_matmul,
+    .gemm_f32 = cpu_gemm_f32,
+    .parallel_for = cpu_parallel_for,
+};
