@@ -16,8 +16,9 @@
  *              read_url); wo_eos
  *   assistant  content, reasoning_content, tool_calls ([{id, type, function: {name, arguments}}],
  *              arguments a JSON string or object); wo_eos
- *   tool       tool_call_id (must name a call of the latest assistant tool_calls), content
- *              (string, or a list of {type: "text", text} parts)
+ *   tool       content (string, or a list of {type: "text", text} parts); needs an earlier
+ *              assistant message with tool_calls; its tool_call_id, when given and the calls
+ *              carry ids, must name one of those calls (results are reordered to call order)
  *   latest_reminder  content
  *
  * Thread-safe: no global state.

@@ -285,17 +285,24 @@ static int validate_message(const json_t *m, size_t i, const json_t *last_calls,
     if (wo != NULL && !json_is_boolean(wo) && !json_is_null(wo))
         BAD(ds4_json_path(p, sizeof(p), path, "wo_eos"), "expected a boolean");
     if (role == R_TOOL) {
+        /* The official encoder pairs results with calls by id when both carry one and by
+         * position otherwise; a result with no call to answer, or an id naming no call, is an
+         * error here (it would otherwise be rendered against the wrong call). */
         const json_t *jid = json_object_get(m, "tool_call_id");
         ds4_json_path(p, sizeof(p), path, "tool_call_id");
-        if (!json_is_string(jid)) {
-            BAD(p, "a tool result needs the string id of the call it answers");
-        } else {
+        bool calls_have_ids = false;
+        size_t k;
+        const json_t *tc;
+        if (json_is_array(last_calls))
+            json_array_foreach(last_calls, k, tc) calls_have_ids |= tool_call_id(tc)[0] != '\0';
+        if (last_calls == NULL) {
+            BAD(path, "tool result with no preceding assistant tool call");
+        } else if (jid != NULL && !json_is_null(jid) && !json_is_string(jid)) {
+            BAD(p, "expected a string, got %s", ds4_json_type_name(jid));
+        } else if (json_is_string(jid) && json_string_length(jid) > 0 && calls_have_ids) {
             bool found = false;
-            size_t k;
-            const json_t *tc;
-            if (json_is_array(last_calls))
-                json_array_foreach(last_calls, k, tc)
-                    found |= strcmp(tool_call_id(tc), json_string_value(jid)) == 0;
+            json_array_foreach(last_calls, k, tc)
+                found |= strcmp(tool_call_id(tc), json_string_value(jid)) == 0;
             if (!found)
                 BAD(p, "\"%s\" matches no tool call of the preceding assistant message",
                     json_string_value(jid));
