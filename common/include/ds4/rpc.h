@@ -80,6 +80,8 @@ ds4_status_t ds4_rpc_ctx_create(uv_loop_t *loop, ds4_rpc_ctx_h *out);
 /* Every server, channel and call of the context must be gone. Memory is released in the loop's
  * next iteration (uv_close); run the loop until it returns. */
 void ds4_rpc_ctx_destroy(ds4_rpc_ctx_h ctx);
+/* Servers and channels not yet released (a destroyed channel counts until its calls end). */
+size_t ds4_rpc_ctx_live_objects(ds4_rpc_ctx_h ctx);
 
 /* ---- server ---- */
 

@@ -101,6 +101,11 @@ fail_free:
     return DS4_ERR_INTERNAL;
 }
 
+size_t ds4_rpc_ctx_live_objects(ds4_rpc_ctx_h ctx)
+{
+    return ctx->n_objects;
+}
+
 static void ctx_closed(uv_handle_t *handle)
 {
     ds4_rpc_ctx_h ctx = handle->data;
