@@ -586,17 +586,23 @@ static ds4_status_t parse_merges(load_ctx_t *c, ds4_tokenizer_h *t, const json_t
         memcpy(stackbuf, a, alen);
         stackbuf[alen] = '\0';
         int32_t ia = vocab_get(vocab, stackbuf);
-        memcpy(stackbuf, b, blen);
-        stackbuf[blen] = '\0';
-        int32_t ib = vocab_get(vocab, stackbuf);
-        memcpy(stackbuf, a, alen);
-        memcpy(stackbuf + alen, b, blen);
-        stackbuf[alen + blen] = '\0';
-        int32_t inew = vocab_get(vocab, stackbuf);
-        if (ia < 0 || ib < 0 || inew < 0) {
+        const char *which = "left";
+        if (ia >= 0) {
+            memcpy(stackbuf, b, blen);
+            stackbuf[blen] = '\0';
+            which = "right";
+        }
+        int32_t ib = ia >= 0 ? vocab_get(vocab, stackbuf) : -1;
+        if (ib >= 0) {
+            memcpy(stackbuf, a, alen);
+            memcpy(stackbuf + alen, b, blen);
+            stackbuf[alen + blen] = '\0';
+            which = "merged";
+        }
+        int32_t inew = ib >= 0 ? vocab_get(vocab, stackbuf) : -1;
+        if (inew < 0) {
             if (reported++ < 10)
-                invalid(c, path, "token \"%s\" is not in model.vocab",
-                        ia < 0 ? "left" : ib < 0 ? "right" : stackbuf);
+                invalid(c, path, "%s token \"%s\" is not in model.vocab", which, stackbuf);
             else
                 c->n_invalid++;
             continue;
