@@ -126,6 +126,45 @@ uint64_t ds4_random_u64(void);
 /* Splits "host:port" (port required, 0..65535) into host (cap bytes) and port. */
 bool ds4_split_host_port(const char *addr, char *host, size_t cap, int *port);
 
+/* ---- a worker's link to its router ---- */
+
+/*
+ * Registers the worker with the router (RegisterWorker), retrying every retry_ms until it
+ * succeeds, then heartbeats every interval the router asked for, with the load from load_cb.
+ * When the router answers `known = false` (it restarted, or declared this worker dead) the link
+ * registers again. Loop thread only.
+ */
+typedef struct ds4_router_link *ds4_router_link_h;
+
+typedef struct ds4_router_link_params {
+    const char *router_addr;        /* "127.0.0.1:7000" */
+    int role;                       /* Ds4__Worker__V1__WorkerRole */
+    const char *worker_id;
+    const char *rpc_address;        /* advertised "host:port" of the Worker service */
+    const char *http_address;
+    const char *model;
+    const void *manifest_digest;
+    size_t manifest_digest_len;
+    uint32_t max_sequences;
+    uint64_t kv_blocks_total;
+    uint32_t max_context;
+    uint32_t retry_ms;              /* default 200 */
+    /* Fills the Load message (a Ds4__Worker__V1__Load *) for each heartbeat. */
+    void (*load_cb)(void *arg, void *load);
+    void *arg;
+} ds4_router_link_params_t;
+
+ds4_router_link_params_t ds4_router_link_params_default(void);
+ds4_status_t ds4_router_link_create(ds4_daemon_h d, const ds4_router_link_params_t *params,
+                                    ds4_router_link_h *out);
+bool ds4_router_link_registered(ds4_router_link_h link);
+/* Registrations that succeeded (1 normally; more after router restarts or being declared dead). */
+uint32_t ds4_router_link_registrations(ds4_router_link_h link);
+/* Sends one heartbeat now (e.g. right after draining starts). */
+void ds4_router_link_poke(ds4_router_link_h link);
+/* Cancels calls and frees on the loop (channel memory goes when its calls end). */
+void ds4_router_link_destroy(ds4_router_link_h link);
+
 #ifdef __cplusplus
 }
 #endif
