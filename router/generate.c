@@ -1,0 +1,543 @@
+/* The Generate request state machine: reserve on decode, prefill into its KV target, relay the
+ * decode stream; deadlines, cancel and worker death end it with a clear gRPC status. */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ds4/alloc.h"
+#include "ds4/clock.h"
+#include "ds4/log.h"
+#include "ds4_worker.pb-c.h"
+#include "router.h"
+
+struct request {
+    router_t *rt;
+    request_t *prev, *next;
+    uint64_t id;
+    char *client_id;
+    ds4_rpc_call_h call;                /* the client's Generate; NULL once finished */
+    prepared_t prep;
+    Ds4__V1__SamplingParams sampling;   /* copy (strings/arrays borrowed from the request,
+                                           valid until the client call is finished) */
+    bool return_text, in_reasoning;
+    ds4_detok_h *detok;
+    ds4_worker_t *dw, *pw;
+    ds4_rpc_client_call_h reserve, prefill;
+    uv_timer_t timer;
+    bool timer_open;
+    uint64_t t0_ns, t_first_ns, t_last_ns;
+    uint32_t n_completion, n_reasoning;
+    bool finished_event, completed;
+    Ds4__V1__FinishReason finish_reason;
+};
+
+static void req_maybe_free(request_t *r);
+
+static void timer_closed(uv_handle_t *h)
+{
+    request_t *r = h->data;
+    r->timer_open = false;
+    req_maybe_free(r);
+}
+
+static void req_maybe_free(request_t *r)
+{
+    if (r->call != NULL || r->reserve != NULL || r->prefill != NULL || r->timer_open)
+        return;
+    router_t *rt = r->rt;
+    if (r->prev != NULL)
+        r->prev->next = r->next;
+    else
+        rt->requests = r->next;
+    if (r->next != NULL)
+        r->next->prev = r->prev;
+    rt->n_requests--;
+    ds4_series_set(rt->m_running, (double)rt->n_requests);
+    if (r->detok != NULL)
+        ds4_detok_destroy(r->detok);
+    ds4_free(r->prep.ids);
+    ds4_free(r->client_id);
+    ds4_free(r);
+}
+
+static void release_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *message,
+                         void *arg)
+{
+    if (code != DS4_RPC_OK && code != DS4_RPC_CANCELLED)
+        ds4_log_debug("router: release failed: %s %s", ds4_rpc_code_name(code), message);
+}
+
+/* Fire-and-forget Release of request `id` on worker `w`. */
+static void send_release(router_t *rt, ds4_worker_t *w, uint64_t id, const char *reason)
+{
+    if (w == NULL || w->user == NULL)
+        return;
+    Ds4__Worker__V1__ReleaseRequest rel = DS4__WORKER__V1__RELEASE_REQUEST__INIT;
+    rel.proto_version = DS4__WORKER__V1__WORKER_PROTO_VERSION__WORKER_PROTO_VERSION_1;
+    rel.request_id = id;
+    rel.router_incarnation = ds4_daemon_incarnation(rt->daemon);
+    rel.reason = (char *)reason;
+    ds4_rpc_call_params_t cp = {
+        .method = "/ds4.worker.v1.Worker/Release",
+        .request = &rel.base,
+        .response_type = &ds4__worker__v1__release_response__descriptor,
+        .timeout_ms = 2000,
+        .on_done = release_done,
+    };
+    ds4_rpc_channel_call(w->user, &cp, NULL);
+}
+
+static const char *code_kind(ds4_rpc_code_t code)
+{
+    switch (code) {
+    case DS4_RPC_OK: return "ok";
+    case DS4_RPC_CANCELLED: return "cancelled";
+    case DS4_RPC_INVALID_ARGUMENT: return "invalid_argument";
+    case DS4_RPC_DEADLINE_EXCEEDED: return "deadline_exceeded";
+    case DS4_RPC_RESOURCE_EXHAUSTED: return "resource_exhausted";
+    case DS4_RPC_UNAVAILABLE: return "unavailable";
+    case DS4_RPC_ABORTED: return "aborted";
+    case DS4_RPC_FAILED_PRECONDITION: return "failed_precondition";
+    default: return "internal";
+    }
+}
+
+/* Ends the client's call (once) and tears down the rest of the request. */
+__attribute__((format(printf, 3, 4))) static void req_end(request_t *r, ds4_rpc_code_t code,
+                                                          const char *fmt, ...)
+{
+    router_t *rt = r->rt;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (r->call != NULL) {
+        const char *kind[] = {code_kind(code)};
+        ds4_series_add(ds4_metric_series(rt->m_requests, kind), 1);
+        if (code != DS4_RPC_OK) {
+            ds4_series_add(ds4_metric_series(rt->m_errors, kind), 1);
+            ds4_log_info("router: request %" PRIu64 " ended %s: %s", r->id,
+                         ds4_rpc_code_name(code), msg);
+        }
+        ds4_rpc_call_finish(r->call, code, "%s", msg);
+        r->call = NULL;
+    }
+    if (!r->completed) {
+        /* Work may still be held on the workers: cancel the streams and release both. */
+        const char *reason = code == DS4_RPC_DEADLINE_EXCEEDED ? "deadline"
+                             : code == DS4_RPC_CANCELLED       ? "cancelled"
+                                                               : "failed";
+        if (r->reserve != NULL)
+            ds4_rpc_client_call_cancel(r->reserve);
+        if (r->prefill != NULL)
+            ds4_rpc_client_call_cancel(r->prefill);
+        send_release(rt, r->dw, r->id, reason);
+        send_release(rt, r->pw, r->id, reason);
+        r->completed = true;
+    }
+    if (r->dw != NULL && r->dw->assigned > 0)
+        r->dw->assigned--;
+    if (r->pw != NULL && r->pw->assigned > 0)
+        r->pw->assigned--;
+    r->dw = r->pw = NULL;
+    if (r->timer_open && !uv_is_closing((uv_handle_t *)&r->timer)) {
+        uv_timer_stop(&r->timer);
+        uv_close((uv_handle_t *)&r->timer, timer_closed);
+    }
+    req_maybe_free(r);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    request_t *r = t->data;
+    req_end(r, DS4_RPC_DEADLINE_EXCEEDED, "deadline exceeded after %.0f ms",
+            (double)(ds4_clock_now_ns() - r->t0_ns) / 1e6);
+}
+
+static void on_client_cancel(ds4_rpc_call_h call, void *arg)
+{
+    request_t *r = arg;
+    req_end(r, DS4_RPC_CANCELLED, "cancelled by the client");
+}
+
+/* Sends one token to the client. */
+static void relay_token(request_t *r, uint32_t id, const Ds4__V1__TokenLogprob *lp)
+{
+    router_t *rt = r->rt;
+    uint64_t now = ds4_clock_now_ns();
+    if (r->t_first_ns == 0) {
+        r->t_first_ns = now;
+        ds4_series_observe(rt->m_ttft, (double)(now - r->t0_ns) / 1e9);
+    } else {
+        ds4_series_observe(rt->m_itl, (double)(now - r->t_last_ns) / 1e9);
+    }
+    r->t_last_ns = now;
+    Ds4__V1__GenerateResponse resp = DS4__V1__GENERATE_RESPONSE__INIT;
+    resp.request_id = r->client_id;
+    resp.n_token_ids = 1;
+    resp.token_ids = &id;
+    resp.channel = r->in_reasoning ? DS4__V1__CHANNEL__CHANNEL_REASONING
+                                   : DS4__V1__CHANNEL__CHANNEL_CONTENT;
+    Ds4__V1__TokenLogprob *lps[1] = {(Ds4__V1__TokenLogprob *)lp};
+    if (lp != NULL) {
+        resp.n_logprobs = 1;
+        resp.logprobs = lps;
+    }
+    const char *text = "";
+    size_t text_len = 0;
+    char *owned = NULL;
+    if (r->detok != NULL) {
+        if (ds4_detok_feed(r->detok, (int32_t)id, &text, &text_len, NULL) != DS4_OK)
+            text_len = 0;
+        owned = ds4_strndup(text, text_len);
+        resp.text_delta = owned != NULL ? owned : "";
+    }
+    r->n_completion++;
+    if (r->in_reasoning)
+        r->n_reasoning++;
+    if (r->in_reasoning && (int32_t)id == rt->think_end_id)
+        r->in_reasoning = false;
+    ds4_rpc_call_send(r->call, &resp.base);
+    ds4_free(owned);
+    ds4_series_observe(rt->m_relay, (double)(ds4_clock_now_ns() - now) / 1e9);
+}
+
+static void prefill_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *message,
+                         void *arg)
+{
+    request_t *r = arg;
+    router_t *rt = r->rt;
+    r->prefill = NULL;
+    if (code != DS4_RPC_OK && r->call != NULL) {
+        ds4_worker_t *w = r->pw;
+        char name[128];
+        snprintf(name, sizeof(name), "%s", w != NULL ? w->id : "?");
+        if (code == DS4_RPC_UNAVAILABLE && w != NULL) {
+            /* The worker is unreachable: it is dead to this router until it registers again. */
+            ds4_registry_remove(&rt->registry, w, "prefill call failed: unavailable");
+        }
+        if (r->call != NULL)
+            req_end(r, code == DS4_RPC_CANCELLED ? DS4_RPC_ABORTED : code,
+                    "prefill worker %s: %s", name, message);
+    }
+    req_maybe_free(r);
+}
+
+static void on_prefill_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, void *arg)
+{
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+static void start_prefill(request_t *r, const ProtobufCBinaryData *blob)
+{
+    router_t *rt = r->rt;
+    uint32_t n_pre = (uint32_t)(r->prep.n_ids - 1);
+    if (r->pw == NULL || r->pw->user == NULL) {
+        req_end(r, DS4_RPC_UNAVAILABLE, "prefill worker gone before prefill started");
+        return;
+    }
+    uint32_t *ids = ds4_malloc_array(r->prep.n_ids, sizeof(*ids));
+    if (ids == NULL) {
+        req_end(r, DS4_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < r->prep.n_ids; i++)
+        ids[i] = (uint32_t)r->prep.ids[i];
+    Ds4__V1__TokenIds prompt = DS4__V1__TOKEN_IDS__INIT;
+    prompt.n_ids = n_pre;
+    prompt.ids = ids;
+    Ds4__Worker__V1__PrefillRequest pr = DS4__WORKER__V1__PREFILL_REQUEST__INIT;
+    pr.proto_version = DS4__WORKER__V1__WORKER_PROTO_VERSION__WORKER_PROTO_VERSION_1;
+    pr.request_id = r->id;
+    pr.router_incarnation = ds4_daemon_incarnation(rt->daemon);
+    pr.prompt = &prompt;
+    pr.n_tokens = n_pre;
+    pr.kv_target = *blob;
+    uint64_t left = ds4_rpc_call_deadline_left_ms(r->call);
+    pr.deadline_ms = left == UINT64_MAX ? 0 : (uint32_t)DS4_MIN(left, (uint64_t)UINT32_MAX);
+    ds4_rpc_call_params_t cp = {
+        .method = "/ds4.worker.v1.Worker/Prefill",
+        .request = &pr.base,
+        .response_type = &ds4__worker__v1__prefill_response__descriptor,
+        .timeout_ms = pr.deadline_ms,
+        .on_message = on_prefill_msg,
+        .on_done = prefill_done,
+        .arg = r,
+    };
+    ds4_status_t st = ds4_rpc_channel_call(r->pw->user, &cp, &r->prefill);
+    ds4_free(ids);
+    if (st != DS4_OK) {
+        r->prefill = NULL;
+        req_end(r, DS4_RPC_INTERNAL, "cannot start the prefill call: %s", ds4_status_str(st));
+    }
+}
+
+static void on_reserve_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, void *arg)
+{
+    request_t *r = arg;
+    Ds4__Worker__V1__ReserveEvent *ev = (void *)msg;
+    if (r->call == NULL) {
+        protobuf_c_message_free_unpacked(msg, NULL);
+        return;
+    }
+    switch (ev->event_case) {
+    case DS4__WORKER__V1__RESERVE_EVENT__EVENT_TARGET:
+        if (r->prep.n_ids > 1)
+            start_prefill(r, &ev->target->blob);
+        break;
+    case DS4__WORKER__V1__RESERVE_EVENT__EVENT_TOKENS:
+        for (size_t i = 0; i < ev->tokens->n_token_ids && r->call != NULL; i++)
+            relay_token(r, ev->tokens->token_ids[i],
+                        i < ev->tokens->n_logprobs ? ev->tokens->logprobs[i] : NULL);
+        break;
+    case DS4__WORKER__V1__RESERVE_EVENT__EVENT_FINISH:
+        r->finished_event = true;
+        r->finish_reason = ev->finish->reason;
+        if (ev->finish->reason == DS4__V1__FINISH_REASON__FINISH_REASON_ERROR) {
+            req_end(r, DS4_RPC_INTERNAL, "decode failed: %s", ev->finish->error);
+            break;
+        }
+        Ds4__V1__GenerateResponse resp = DS4__V1__GENERATE_RESPONSE__INIT;
+        Ds4__V1__Usage usage = DS4__V1__USAGE__INIT;
+        resp.request_id = r->client_id;
+        resp.finish_reason = ev->finish->reason;
+        resp.channel = r->in_reasoning ? DS4__V1__CHANNEL__CHANNEL_REASONING
+                                       : DS4__V1__CHANNEL__CHANNEL_CONTENT;
+        const char *tail = "";
+        size_t tail_len = 0;
+        char *owned = NULL;
+        if (r->detok != NULL) {
+            ds4_detok_finish(r->detok, &tail, &tail_len);
+            owned = ds4_strndup(tail, tail_len);
+            resp.text_delta = owned != NULL ? owned : "";
+        }
+        usage.prompt_tokens = (uint32_t)r->prep.n_ids;
+        usage.completion_tokens = r->n_completion;
+        usage.reasoning_tokens = r->n_reasoning;
+        usage.ttft_ms = r->t_first_ns != 0 ? (double)(r->t_first_ns - r->t0_ns) / 1e6 : 0;
+        resp.usage = &usage;
+        ds4_rpc_call_send(r->call, &resp.base);
+        ds4_free(owned);
+        ds4_series_add(r->rt->m_prompt_tokens, (double)r->prep.n_ids);
+        ds4_series_add(r->rt->m_completion_tokens, (double)r->n_completion);
+        break;
+    default:
+        break;
+    }
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+static void reserve_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *message,
+                         void *arg)
+{
+    request_t *r = arg;
+    router_t *rt = r->rt;
+    r->reserve = NULL;
+    if (r->call != NULL) {
+        if (code == DS4_RPC_OK && r->finished_event) {
+            r->completed = true;  /* decode released its KV when it finished */
+            req_end(r, DS4_RPC_OK, "%s", "");
+        } else if (code == DS4_RPC_OK) {
+            req_end(r, DS4_RPC_INTERNAL, "decode stream ended without a finish event");
+        } else {
+            ds4_worker_t *w = r->dw;
+            char name[128];
+            snprintf(name, sizeof(name), "%s", w != NULL ? w->id : "?");
+            if (code == DS4_RPC_UNAVAILABLE && w != NULL) {
+                ds4_series_add(rt->m_worker_deaths, 1);
+                ds4_registry_remove(&rt->registry, w, "decode stream failed: unavailable");
+            }
+            if (r->call != NULL)
+                req_end(r, code == DS4_RPC_CANCELLED ? DS4_RPC_ABORTED : code,
+                        "decode worker %s: %s", name, message);
+        }
+    }
+    req_maybe_free(r);
+}
+
+static request_t *find_client_id(router_t *rt, const char *id)
+{
+    for (request_t *r = rt->requests; r != NULL; r = r->next)
+        if (r->call != NULL && strcmp(r->client_id, id) == 0)
+            return r;
+    return NULL;
+}
+
+void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
+{
+    router_t *rt = arg;
+    const Ds4__V1__GenerateRequest *req = (const void *)request;
+    uint64_t t0 = ds4_clock_now_ns();
+    if (rt->draining) {
+        ds4_rpc_call_finish(call, DS4_RPC_UNAVAILABLE, "router is draining");
+        return;
+    }
+    char msg[1024];
+    prepared_t prep = {0};
+    ds4_rpc_code_t code = router_prepare(rt, req, &prep, msg, sizeof(msg));
+    if (code != DS4_RPC_OK) {
+        const char *kind[] = {code_kind(code)};
+        ds4_series_add(ds4_metric_series(rt->m_requests, kind), 1);
+        ds4_series_add(ds4_metric_series(rt->m_errors, kind), 1);
+        ds4_rpc_call_finish(call, code, "%s", msg);
+        return;
+    }
+    if (req->request_id[0] != '\0' && find_client_id(rt, req->request_id) != NULL) {
+        ds4_free(prep.ids);
+        ds4_rpc_call_finish(call, DS4_RPC_INVALID_ARGUMENT, "request_id: \"%s\" is already in use",
+                            req->request_id);
+        return;
+    }
+    uint64_t need = (uint64_t)prep.n_ids + req->sampling->max_tokens;
+    ds4_worker_t *dw = ds4_registry_pick(&rt->registry, DS4_ROLE_DECODE, need, NULL, 0);
+    ds4_worker_t *pw = NULL;
+    if (dw != NULL && prep.n_ids > 1)
+        pw = ds4_registry_pick(&rt->registry, DS4_ROLE_PREFILL, prep.n_ids, dw->digest,
+                               dw->digest_len);
+    if (dw == NULL || (prep.n_ids > 1 && pw == NULL)) {
+        ds4_free(prep.ids);
+        const char *kind[] = {"unavailable"};
+        ds4_series_add(ds4_metric_series(rt->m_requests, kind), 1);
+        ds4_series_add(ds4_metric_series(rt->m_errors, kind), 1);
+        ds4_rpc_call_finish(call, DS4_RPC_UNAVAILABLE, "no %s worker available (%zu prefill, "
+                            "%zu decode registered)", dw == NULL ? "decode" : "prefill",
+                            ds4_registry_count(&rt->registry, DS4_ROLE_PREFILL),
+                            ds4_registry_count(&rt->registry, DS4_ROLE_DECODE));
+        return;
+    }
+
+    request_t *r = ds4_calloc(1, sizeof(*r));
+    if (r == NULL) {
+        ds4_free(prep.ids);
+        ds4_rpc_call_finish(call, DS4_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    r->rt = rt;
+    r->id = ++rt->next_request_id;
+    r->call = call;
+    r->prep = prep;
+    r->t0_ns = t0;
+    r->in_reasoning = prep.thinking;
+    r->return_text = req->return_text;
+    if (req->request_id[0] != '\0') {
+        r->client_id = ds4_strdup(req->request_id);
+    } else {
+        char id[64];
+        snprintf(id, sizeof(id), "req-%08" PRIx64 "-%" PRIu64,
+                 ds4_daemon_incarnation(rt->daemon) & 0xffffffffu, r->id);
+        r->client_id = ds4_strdup(id);
+    }
+    if (r->client_id == NULL ||
+        (r->return_text && ds4_detok_create(rt->tok, &(ds4_detok_params_t){0}, &r->detok) !=
+                               DS4_OK)) {
+        ds4_free(r->client_id);
+        ds4_free(prep.ids);
+        ds4_free(r);
+        ds4_rpc_call_finish(call, DS4_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    r->next = rt->requests;
+    if (rt->requests != NULL)
+        rt->requests->prev = r;
+    rt->requests = r;
+    rt->n_requests++;
+    ds4_series_set(rt->m_running, (double)rt->n_requests);
+    r->dw = dw;
+    r->pw = pw;
+    dw->assigned++;
+    if (pw != NULL)
+        pw->assigned++;
+    ds4_rpc_call_on_cancel(call, on_client_cancel, r);
+
+    /* The request's own deadline: the tighter of the gRPC deadline and deadline_ms. */
+    uint64_t left = ds4_rpc_call_deadline_left_ms(call);
+    uint64_t budget = req->deadline_ms != 0 ? req->deadline_ms : UINT64_MAX;
+    budget = DS4_MIN(budget, left);
+    if (budget == UINT64_MAX)
+        budget = rt->opt.default_timeout_ms;
+    uv_timer_init(ds4_daemon_loop(rt->daemon), &r->timer);
+    r->timer.data = r;
+    r->timer_open = true;
+    uv_timer_start(&r->timer, on_deadline, budget, 0);
+
+    uint32_t *ids = ds4_malloc_array(prep.n_ids, sizeof(*ids));
+    if (ids == NULL) {
+        req_end(r, DS4_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < prep.n_ids; i++)
+        ids[i] = (uint32_t)prep.ids[i];
+    Ds4__V1__TokenIds prompt = DS4__V1__TOKEN_IDS__INIT;
+    prompt.n_ids = prep.n_ids;
+    prompt.ids = ids;
+    Ds4__Worker__V1__ReserveRequest rr = DS4__WORKER__V1__RESERVE_REQUEST__INIT;
+    rr.proto_version = DS4__WORKER__V1__WORKER_PROTO_VERSION__WORKER_PROTO_VERSION_1;
+    rr.request_id = r->id;
+    rr.router_incarnation = ds4_daemon_incarnation(rt->daemon);
+    rr.prompt = &prompt;
+    rr.sampling = req->sampling;
+    rr.prefilled_tokens = (uint32_t)(prep.n_ids - 1);
+    rr.deadline_ms = (uint32_t)DS4_MIN(budget, (uint64_t)UINT32_MAX);
+    rr.prefill_manifest_digest.data = pw != NULL ? pw->digest : NULL;
+    rr.prefill_manifest_digest.len = pw != NULL ? pw->digest_len : 0;
+    ds4_rpc_call_params_t cp = {
+        .method = "/ds4.worker.v1.Worker/Reserve",
+        .request = &rr.base,
+        .response_type = &ds4__worker__v1__reserve_event__descriptor,
+        .timeout_ms = rr.deadline_ms,
+        .on_message = on_reserve_msg,
+        .on_done = reserve_done,
+        .arg = r,
+    };
+    ds4_status_t st = ds4_rpc_channel_call(dw->user, &cp, &r->reserve);
+    ds4_free(ids);
+    if (st != DS4_OK) {
+        r->reserve = NULL;
+        req_end(r, DS4_RPC_INTERNAL, "cannot start the reserve call: %s", ds4_status_str(st));
+    }
+}
+
+void router_cancel(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
+{
+    router_t *rt = arg;
+    const Ds4__V1__CancelRequest *req = (const void *)request;
+    Ds4__V1__CancelResponse resp = DS4__V1__CANCEL_RESPONSE__INIT;
+    if (req->request_id[0] == '\0') {
+        ds4_rpc_call_finish(call, DS4_RPC_INVALID_ARGUMENT, "request_id: required");
+        return;
+    }
+    request_t *r = find_client_id(rt, req->request_id);
+    if (r != NULL) {
+        resp.found = 1;
+        req_end(r, DS4_RPC_CANCELLED, "cancelled by a Cancel call");
+    }
+    ds4_rpc_call_reply(call, &resp.base);
+}
+
+void router_worker_gone(router_t *rt, ds4_worker_t *w, const char *why)
+{
+    for (request_t *r = rt->requests, *next; r != NULL; r = next) {
+        next = r->next;
+        if (r->dw != w && r->pw != w)
+            continue;
+        bool decode = r->dw == w;
+        if (decode)
+            r->dw = NULL;
+        else
+            r->pw = NULL;
+        if (r->call != NULL)
+            req_end(r, DS4_RPC_UNAVAILABLE, "%s worker %s is gone: %s",
+                    decode ? "decode" : "prefill", w->id, why);
+    }
+}
+
+void router_fail_all(router_t *rt, ds4_rpc_code_t code, const char *why)
+{
+    for (request_t *r = rt->requests, *next; r != NULL; r = next) {
+        next = r->next;
+        if (r->call != NULL)
+            req_end(r, code, "%s", why);
+    }
+}

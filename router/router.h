@@ -1,0 +1,71 @@
+/*
+ * router/router.h - state shared by the router's files (main.c: options, services, registry
+ * glue; validate.c: request checks and tokenization; generate.c: the Generate state machine).
+ * Everything runs on the daemon's loop thread.
+ */
+#ifndef DS4_ROUTER_ROUTER_H
+#define DS4_ROUTER_ROUTER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ds4.pb-c.h"
+#include "ds4/daemon.h"
+#include "ds4/diag.h"
+#include "ds4/tokenizer.h"
+#include "registry.h"
+
+typedef struct router_opts {
+    const char *grpc_listen, *http_listen, *ports_file, *model, *tokenizer, *log_level;
+    uint32_t heartbeat_interval_ms, liveness_timeout_ms, drain_timeout_ms;
+    uint32_t default_timeout_ms;    /* a Generate with neither gRPC deadline nor deadline_ms */
+    uint32_t max_context;           /* 0: the smallest max_context of the live workers */
+    uint32_t max_logprobs;
+} router_opts_t;
+
+typedef struct request request_t;
+
+typedef struct router {
+    router_opts_t opt;
+    ds4_daemon_h daemon;
+    ds4_registry_t registry;
+    ds4_tokenizer_h *tok;
+    ds4_tok_scratch_h *scratch;
+    int32_t think_end_id;           /* "</think>" token id, or -1 */
+    int32_t eos_id;                 /* end of sentence, or -1 */
+    uv_timer_t sweep_timer;
+    request_t *requests;
+    size_t n_requests;
+    uint64_t next_request_id;
+    bool draining;
+    /* metrics */
+    ds4_metric_h m_requests, m_errors;
+    ds4_series_h m_running, m_ttft, m_itl, m_relay, m_prompt_tokens, m_completion_tokens;
+    ds4_series_h m_workers_prefill, m_workers_decode, m_worker_deaths, m_queue;
+} router_t;
+
+/* A validated, tokenized request. */
+typedef struct prepared {
+    int32_t *ids;           /* ds4_free */
+    size_t n_ids;
+    bool thinking;          /* chat rendered in thinking mode: output starts in reasoning */
+} prepared_t;
+
+/* Checks every field of `req`, tokenizes its prompt, and checks lengths. On failure returns the
+ * gRPC code and fills msg with every problem ("field: problem; field: problem"). */
+ds4_rpc_code_t router_prepare(router_t *rt, const Ds4__V1__GenerateRequest *req, prepared_t *out,
+                              char *msg, size_t msg_len);
+/* Tokenize RPC body: same rules for text / chat. */
+ds4_rpc_code_t router_tokenize(router_t *rt, const Ds4__V1__TokenizeRequest *req, int32_t **ids,
+                               size_t *n_ids, char *msg, size_t msg_len);
+/* The context length requests are checked against (0: unknown, no worker). */
+uint32_t router_max_context(router_t *rt);
+
+void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg);
+void router_cancel(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg);
+/* A worker left the registry: fail its requests. */
+void router_worker_gone(router_t *rt, ds4_worker_t *w, const char *why);
+/* Fails every request (drain timeout / stop). */
+void router_fail_all(router_t *rt, ds4_rpc_code_t code, const char *why);
+
+#endif /* DS4_ROUTER_ROUTER_H */
