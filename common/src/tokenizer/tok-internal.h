@@ -96,7 +96,7 @@ void ds4__tok_diag(ds4_diag_t *diag, const char *path, const char *fmt, ...)
 static inline uint32_t ds4__tok_hash_bytes(const char *s, size_t n)
 {
     /* FNV-1a folded with a final mix; good enough for short token strings. */
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = 0xcbf29ce484222325ull;
     for (size_t i = 0; i < n; i++) {
         h ^= (uint8_t)s[i];
         h *= 1099511628211ull;
