@@ -50,6 +50,7 @@ typedef struct mm_job {
     int64_t m;
     const float *x;
     float *y;
+    int64_t ldy;
     int64_t tile;
     int64_t n_tiles;
 } mm_job_t;
@@ -74,12 +75,8 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
             ds4_weight_dequant_rows(w, r0, nr, buf);
             wt = buf;
         }
-        if (j->m == 1)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)nr, (int)k, 1.0f, wt, (int)k, j->x, 1,
-                        0.0f, j->y + r0, 1);
-        else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->m, (int)nr, (int)k,
-                        1.0f, j->x, (int)k, wt, (int)k, 0.0f, j->y + r0, (int)w->n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->m, (int)nr, (int)k, 1.0f,
+                    j->x, (int)k, wt, (int)k, 0.0f, j->y + r0, (int)j->ldy);
     }
     ds4_free(buf);
 }
@@ -103,16 +100,34 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
 {
     if (m <= 0 || w->n <= 0)
         return;
+    /* OpenBLAS takes other kernels for tiny m (results differ in the last bits), so small
+     * batches are padded to DS4_MIN_ROWS: every row's result is then independent of how many
+     * rows are computed together (chunked prefill == whole prefill, bitwise). */
+    enum { DS4_MIN_ROWS = 16 };
+    int64_t m_run = m < DS4_MIN_ROWS ? DS4_MIN_ROWS : m;
+    float *ypad = NULL;
+    float *yout = y;
+    if (m_run != m) {
+        ypad = ds4_malloc((size_t)(m_run * w->n) * sizeof(float));
+        DS4_ASSERT(ypad != NULL);
+        yout = ypad;
+    }
     float *xq = NULL;
     const float *xin = x;
-    if ((w->type == DS4_W_FP8 || w->type == DS4_W_FP4) && !(flags & DS4_MATMUL_NO_ACT_QUANT)) {
-        xq = ds4_malloc((size_t)(m * w->k) * sizeof(float));
+    bool quant = (w->type == DS4_W_FP8 || w->type == DS4_W_FP4) &&
+                 !(flags & DS4_MATMUL_NO_ACT_QUANT);
+    if (quant || m_run != m) {
+        xq = ds4_calloc((size_t)(m_run * w->k), sizeof(float));
         DS4_ASSERT(xq != NULL);
-        aq_job_t aj = {.x = x, .xq = xq, .k = w->k};
-        ds4_threadpool_parallel_for(be->pool, (size_t)m, aq_rows, &aj);
+        if (quant) {
+            aq_job_t aj = {.x = x, .xq = xq, .k = w->k};
+            ds4_threadpool_parallel_for(be->pool, (size_t)m, aq_rows, &aj);
+        } else {
+            memcpy(xq, x, (size_t)(m * w->k) * sizeof(float));
+        }
         xin = xq;
     }
-    mm_job_t j = {.w = w, .m = m, .x = xin, .y = y, .tile = 128};
+    mm_job_t j = {.w = w, .m = m_run, .x = xin, .y = yout, .ldy = w->n, .tile = 128};
     if (w->type == DS4_W_F32 || w->type == DS4_W_BF16) {
         /* Enough tiles for every thread, never below 64 rows. */
         int64_t per = (w->n + be->n_threads - 1) / be->n_threads;
@@ -120,6 +135,10 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
     }
     j.n_tiles = (w->n + j.tile - 1) / j.tile;
     ds4_threadpool_parallel_for(be->pool, (size_t)j.n_tiles, mm_tiles, &j);
+    if (ypad != NULL) {
+        memcpy(y, ypad, (size_t)(m * w->n) * sizeof(float));
+        ds4_free(ypad);
+    }
     ds4_free(xq);
 }
 

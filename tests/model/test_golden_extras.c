@@ -81,6 +81,11 @@ static void setup(void)
 static void test_layer_streams(void)
 {
     size_t row = (size_t)g_cap.hc * g_cap.d;
+    if (getenv("DS4_DUMP") != NULL) {
+        FILE *f = fopen(getenv("DS4_DUMP"), "wb");
+        fwrite(g_cap.streams, sizeof(float), (size_t)g_cap.n_layers * N_POS * row, f);
+        fclose(f);
+    }
     for (int l = 0; l < g_cap.n_layers; l++) {
         char path[8192];
         snprintf(path, sizeof(path), "%s/extras/layer%02d_out_streams_at_positions.bin",
@@ -137,6 +142,15 @@ static void test_csa_selection(void)
                 same = found;
             }
             equal += same;
+            if (!same && getenv("DS4_TEST_VERBOSE") != NULL) {
+                printf("  L%d row %d ours:", l, p);
+                for (int i = 0; i < c->index_topk; i++)
+                    printf(" %d", a[i]);
+                printf("  ref:");
+                for (int i = 0; i < c->index_topk; i++)
+                    printf(" %d", r[i] < 0 ? -1 : r[i] - g_n);
+                printf("\n");
+            }
         }
         printf("layer %d CSA selections: %d/%d rows equal as sets\n", l, equal, g_n);
         DS4_CHECKF(equal * 100 >= 99 * g_n, "layer %d: %d/%d", l, equal, g_n);
