@@ -362,12 +362,9 @@ ds4_status_t ds4_kv_manifest_compare(const ds4_kv_manifest_h *a, const ds4_kv_ma
         const ds4_kv_group_t *x = &a->groups[g], *y = &b->groups[g];
         const char *field = NULL;
         long long vx = 0, vy = 0;
-        if (x->layer != y->layer) {
-            field = "layer", vx = x->layer, vy = y->layer;
-        } else if (x->kind != y->kind) {
-            snprintf(why, why_len, "%s: local kind %s, remote kind %s",
-                     ds4_kv_group_describe(a, g, name, sizeof(name)), ds4_kv_kind_name(x->kind),
-                     ds4_kv_kind_name(y->kind));
+        if (x->layer != y->layer || x->kind != y->kind) {
+            snprintf(why, why_len, "group %u differs: local (layer %d %s), remote (layer %d %s)",
+                     g, x->layer, ds4_kv_kind_name(x->kind), y->layer, ds4_kv_kind_name(y->kind));
             return DS4_ERR_KV_MANIFEST;
         } else if (x->dtype != y->dtype) {
             field = "dtype", vx = x->dtype, vy = y->dtype;
