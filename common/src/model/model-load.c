@@ -193,6 +193,16 @@ ds4_status_t ds4_model_load(const char *dir, const ds4_model_params_t *params, d
 {
     ds4_model_params_t p = params != NULL ? *params : ds4_model_params_default();
     ds4_status_t st;
+    ds4_diag_t local;
+    if (diag == NULL) {
+        /* Problems are still collected (and logged) when the caller passes no diag. */
+        ds4_diag_init(&local);
+        st = ds4_model_load(dir, &p, out, &local);
+        if (st != DS4_OK)
+            ds4_diag_log(&local, "model load");
+        ds4_diag_free(&local);
+        return st;
+    }
     struct ds4_model *m = ds4_calloc(1, sizeof(*m));
     if (m == NULL)
         return DS4_ERR_NO_MEMORY;
