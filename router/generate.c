@@ -284,7 +284,7 @@ static void on_reserve_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, vo
     }
     switch (ev->event_case) {
     case DS4__WORKER__V1__RESERVE_EVENT__EVENT_TARGET:
-        if (r->prep.n_ids > 1)
+        if (r->pw != NULL && r->prefill == NULL)
             start_prefill(r, &ev->target->blob);
         break;
     case DS4__WORKER__V1__RESERVE_EVENT__EVENT_TOKENS:
@@ -393,10 +393,15 @@ void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void 
     uint64_t need = (uint64_t)prep.n_ids + req->sampling->max_tokens;
     ds4_worker_t *dw = ds4_registry_pick(&rt->registry, DS4_ROLE_DECODE, need, NULL, 0);
     ds4_worker_t *pw = NULL;
-    if (dw != NULL && prep.n_ids > 1)
+    /* Local prefill (on the decode worker): tiny prompts, or no prefill worker when allowed. */
+    bool local = prep.n_ids <= DS4_MAX(rt->opt.local_prefill_max, 1u);
+    if (dw != NULL && !local) {
         pw = ds4_registry_pick(&rt->registry, DS4_ROLE_PREFILL, prep.n_ids, dw->digest,
                                dw->digest_len);
-    if (dw == NULL || (prep.n_ids > 1 && pw == NULL)) {
+        if (pw == NULL && rt->opt.prefill_fallback_local)
+            local = true;
+    }
+    if (dw == NULL || (!local && pw == NULL)) {
         ds4_free(prep.ids);
         const char *kind[] = {"unavailable"};
         ds4_series_add(ds4_metric_series(rt->m_requests, kind), 1);
@@ -478,7 +483,7 @@ void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void 
     rr.router_incarnation = ds4_daemon_incarnation(rt->daemon);
     rr.prompt = &prompt;
     rr.sampling = req->sampling;
-    rr.prefilled_tokens = (uint32_t)(prep.n_ids - 1);
+    rr.prefilled_tokens = local ? 0 : (uint32_t)(prep.n_ids - 1);
     rr.deadline_ms = (uint32_t)DS4_MIN(budget, (uint64_t)UINT32_MAX);
     rr.prefill_manifest_digest.data = pw != NULL ? pw->digest : NULL;
     rr.prefill_manifest_digest.len = pw != NULL ? pw->digest_len : 0;

@@ -75,6 +75,7 @@ static void rpc_register(ds4_rpc_call_h call, const ProtobufCMessage *request, v
         .digest_len = req->info->kv_manifest_digest.len,
         .max_sequences = req->info->max_sequences,
         .max_context = req->info->max_context,
+        .vocab_size = req->info->vocab_size,
         .kv_blocks_total = req->info->kv_blocks_total,
     };
     ds4_worker_load_t load;
@@ -157,7 +158,7 @@ static bool router_ready(void *arg, char *why, size_t n)
     router_t *rt = arg;
     size_t np = ds4_registry_count(&rt->registry, DS4_ROLE_PREFILL);
     size_t nd = ds4_registry_count(&rt->registry, DS4_ROLE_DECODE);
-    if (np == 0 || nd == 0) {
+    if ((np == 0 && !rt->opt.prefill_fallback_local) || nd == 0) {
         snprintf(why, n, "%zu prefill and %zu decode workers registered", np, nd);
         return false;
     }
@@ -291,6 +292,10 @@ int main(int argc, char **argv)
         {"max-context", DS4_OPT_U32, &rt.opt.max_context,
          "context length limit (0: from the workers)"},
         {"max-logprobs", DS4_OPT_U32, &rt.opt.max_logprobs, "largest sampling.logprobs accepted"},
+        {"local-prefill-max", DS4_OPT_U32, &rt.opt.local_prefill_max,
+         "prompts of at most this many tokens prefill on the decode worker"},
+        {"prefill-fallback-local", DS4_OPT_BOOL, &rt.opt.prefill_fallback_local,
+         "with no prefill worker, prefill on the decode worker"},
     };
     ds4_diag_t diag;
     ds4_diag_init(&diag);

@@ -105,6 +105,7 @@ ds4_status_t ds4_registry_register(ds4_registry_t *r, const ds4_worker_info_t *i
     w->digest_len = in->digest_len;
     w->max_sequences = in->max_sequences != 0 ? in->max_sequences : 1;
     w->max_context = in->max_context;
+    w->vocab_size = in->vocab_size;
     w->kv_blocks_total = in->kv_blocks_total;
     if (load != NULL)
         w->load = *load;

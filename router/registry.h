@@ -35,7 +35,7 @@ typedef struct ds4_worker {
     char *rpc_address, *http_address, *model;
     uint8_t digest[64];
     size_t digest_len;
-    uint32_t max_sequences, max_context;
+    uint32_t max_sequences, max_context, vocab_size;
     uint64_t kv_blocks_total;
     ds4_worker_load_t load;
     uint64_t last_seen_ms;
@@ -65,7 +65,7 @@ typedef struct ds4_worker_info {
     ds4_role_t role;
     const uint8_t *digest;
     size_t digest_len;
-    uint32_t max_sequences, max_context;
+    uint32_t max_sequences, max_context, vocab_size;
     uint64_t kv_blocks_total;
 } ds4_worker_info_t;
 

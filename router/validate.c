@@ -20,6 +20,16 @@ uint32_t router_max_context(router_t *rt)
     return m;
 }
 
+/* Ids must be below both the tokenizer's range and every live worker's model vocabulary. */
+static uint32_t vocab_limit(router_t *rt)
+{
+    uint32_t n = ds4_tokenizer_n_ids(rt->tok);
+    for (ds4_worker_t *w = rt->registry.head; w != NULL; w = w->next)
+        if (w->vocab_size != 0 && w->vocab_size < n)
+            n = w->vocab_size;
+    return n;
+}
+
 static void join_diag(const ds4_diag_t *d, char *msg, size_t len)
 {
     char *all = ds4_diag_join(d, "; ");
@@ -88,7 +98,7 @@ static void check_sampling(router_t *rt, const Ds4__V1__SamplingParams *s, ds4_d
     if (s->logprobs > rt->opt.max_logprobs)
         ds4_diag_addf(d, "sampling.logprobs", "must be <= %u, got %u", rt->opt.max_logprobs,
                       s->logprobs);
-    uint32_t n_vocab = ds4_tokenizer_n_ids(rt->tok);
+    uint32_t n_vocab = vocab_limit(rt);
     for (size_t i = 0; i < s->n_stop_token_ids; i++)
         if (s->stop_token_ids[i] >= n_vocab) {
             ds4_diag_addf(d, "sampling.stop_token_ids", "id %u at [%zu] outside the vocabulary "
@@ -121,7 +131,7 @@ ds4_rpc_code_t router_prepare(router_t *rt, const Ds4__V1__GenerateRequest *req,
                       req->model, rt->opt.model);
     check_sampling(rt, req->sampling, &d);
 
-    uint32_t n_vocab = ds4_tokenizer_n_ids(rt->tok);
+    uint32_t n_vocab = vocab_limit(rt);
     switch (req->prompt_case) {
     case DS4__V1__GENERATE_REQUEST__PROMPT_PROMPT_IDS: {
         const Ds4__V1__TokenIds *p = req->prompt_ids;
@@ -167,6 +177,16 @@ ds4_rpc_code_t router_prepare(router_t *rt, const Ds4__V1__GenerateRequest *req,
     default:
         ds4_diag_addf(&d, "prompt", "one of prompt_ids, prompt_text or chat is required");
         break;
+    }
+    if (d.count == 0 && req->prompt_case != DS4__V1__GENERATE_REQUEST__PROMPT_PROMPT_IDS) {
+        for (size_t i = 0; i < n_ids; i++)
+            if ((uint32_t)ids[i] >= n_vocab) {
+                ds4_diag_addf(&d, req->prompt_case == DS4__V1__GENERATE_REQUEST__PROMPT_CHAT
+                                      ? "chat" : "prompt_text",
+                              "tokenizes to id %d at [%zu], outside the model's vocabulary of %u",
+                              ids[i], i, n_vocab);
+                break;
+            }
     }
     if (d.count == 0 && req->sampling != NULL) {
         uint32_t ctx = router_max_context(rt);

@@ -148,6 +148,7 @@ typedef struct ds4_router_link_params {
     uint32_t max_sequences;
     uint64_t kv_blocks_total;
     uint32_t max_context;
+    uint32_t vocab_size;
     uint32_t retry_ms;              /* default 200 */
     /* Fills the Load message (a Ds4__Worker__V1__Load *) for each heartbeat. */
     void (*load_cb)(void *arg, void *load);

@@ -1,0 +1,609 @@
+/*
+ * ds4-decode: a decode worker. Serves ds4.worker.v1.Worker (Reserve, Release, Stats) and
+ * /health /ready /metrics; registers and heartbeats with the router; runs every sequence in one
+ * continuous batch (batcher.c) and streams the sampled tokens back on each Reserve stream.
+ *
+ * Reserve with prefilled_tokens = 0 computes the whole prompt here (local prefill). KV pushed
+ * by a prefill worker (prefilled_tokens > 0) needs the KV transfer engine (ds4/xfer.h); a
+ * worker built without it answers such a Reserve UNIMPLEMENTED, naming the reason.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "batcher.h"
+#include "ds4/alloc.h"
+#include "ds4/clock.h"
+#include "ds4/daemon.h"
+#include "ds4/log.h"
+#include "ds4/model.h"
+#include "ds4_worker.pb-c.h"
+
+typedef struct decode_opts {
+    const char *grpc_listen, *http_listen, *advertise, *ports_file, *router, *worker_id, *model,
+        *model_name, *log_level;
+    uint32_t max_sequences, max_batch, chunk_tokens, threads, drain_timeout_ms, max_context;
+} decode_opts_t;
+
+typedef struct dreq dreq_t;
+
+typedef struct decode {
+    decode_opts_t opt;
+    ds4_daemon_h daemon;
+    ds4_model_h model;
+    const ds4_model_config_t *cfg;
+    ds4_batcher_t *batcher;
+    ds4_router_link_h link;
+    dreq_t *reqs;
+    size_t n_reqs;
+    bool draining;
+    uint64_t done, failed, tokens;
+    ds4_series_h m_running, m_queue, m_batch, m_max_batch, m_ttft, m_itl, m_tokens, m_kv_used,
+        m_kv_free;
+    ds4_metric_h m_errors, m_finished;
+} decode_t;
+
+struct dreq {
+    decode_t *dc;
+    dreq_t *prev, *next;
+    uint64_t id;
+    ds4_rpc_call_h call;        /* NULL once finished */
+    ds4_bseq_t *bseq;           /* in the batcher until its FINISH event */
+    bool cancel_sent;
+    uint64_t t0_ns, t_last_ns;
+    uint32_t n_tokens;
+};
+
+static void dreq_free(dreq_t *r)
+{
+    decode_t *dc = r->dc;
+    if (r->prev != NULL)
+        r->prev->next = r->next;
+    else
+        dc->reqs = r->next;
+    if (r->next != NULL)
+        r->next->prev = r->prev;
+    dc->n_reqs--;
+    ds4_free(r);
+}
+
+static void dreq_cancel(dreq_t *r)
+{
+    if (r->bseq != NULL && !r->cancel_sent) {
+        r->cancel_sent = true;
+        ds4_batcher_cancel(r->dc->batcher, r->bseq);
+    }
+}
+
+static void on_call_cancel(ds4_rpc_call_h call, void *arg)
+{
+    dreq_cancel(arg);
+}
+
+static Ds4__V1__FinishReason finish_proto(ds4_finish_t f)
+{
+    switch (f) {
+    case DS4_FINISH_STOP: return DS4__V1__FINISH_REASON__FINISH_REASON_STOP;
+    case DS4_FINISH_LENGTH: return DS4__V1__FINISH_REASON__FINISH_REASON_LENGTH;
+    case DS4_FINISH_CANCELLED: return DS4__V1__FINISH_REASON__FINISH_REASON_CANCELLED;
+    default: return DS4__V1__FINISH_REASON__FINISH_REASON_ERROR;
+    }
+}
+
+static void on_events(void *arg, const ds4_bevent_t *evs, size_t n)
+{
+    decode_t *dc = arg;
+    for (size_t i = 0; i < n; i++) {
+        const ds4_bevent_t *ev = &evs[i];
+        dreq_t *r = ev->bseq->owner;
+        if (ev->kind == DS4_BEVENT_TOKEN) {
+            uint64_t now = ds4_clock_now_ns();
+            if (r->n_tokens == 0)
+                ds4_series_observe(dc->m_ttft, (double)(now - r->t0_ns) / 1e9);
+            else
+                ds4_series_observe(dc->m_itl, (double)(now - r->t_last_ns) / 1e9);
+            r->t_last_ns = now;
+            r->n_tokens++;
+            dc->tokens++;
+            ds4_series_add(dc->m_tokens, 1);
+            ds4_series_observe(dc->m_batch, ev->batch_size);
+            if (r->call == NULL || ds4_rpc_call_cancelled(r->call))
+                continue;
+            Ds4__Worker__V1__ReserveEvent out = DS4__WORKER__V1__RESERVE_EVENT__INIT;
+            Ds4__Worker__V1__TokenChunk chunk = DS4__WORKER__V1__TOKEN_CHUNK__INIT;
+            Ds4__V1__TokenLogprob lp = DS4__V1__TOKEN_LOGPROB__INIT;
+            Ds4__V1__TopLogprob tops[20], *top_ptrs[20];
+            Ds4__V1__TokenLogprob *lps[1] = {&lp};
+            uint32_t tok = (uint32_t)ev->sample.token;
+            chunk.n_token_ids = 1;
+            chunk.token_ids = &tok;
+            chunk.batch_size = ev->batch_size;
+            if (r->bseq->sampler.p.n_logprobs > 0) {
+                lp.token_id = tok;
+                lp.logprob = ev->sample.logprob;
+                for (uint32_t k = 0; k < ev->sample.n_top; k++) {
+                    Ds4__V1__TopLogprob t = DS4__V1__TOP_LOGPROB__INIT;
+                    t.token_id = (uint32_t)ev->sample.top_ids[k];
+                    t.logprob = ev->sample.top_logprobs[k];
+                    tops[k] = t;
+                    top_ptrs[k] = &tops[k];
+                }
+                lp.n_top = ev->sample.n_top;
+                lp.top = top_ptrs;
+                chunk.n_logprobs = 1;
+                chunk.logprobs = lps;
+            }
+            out.event_case = DS4__WORKER__V1__RESERVE_EVENT__EVENT_TOKENS;
+            out.tokens = &chunk;
+            ds4_rpc_call_send(r->call, &out.base);
+            continue;
+        }
+        /* FINISH: the batcher is done with the sequence. */
+        const char *kind[] = {ev->finish == DS4_FINISH_STOP       ? "stop"
+                              : ev->finish == DS4_FINISH_LENGTH   ? "length"
+                              : ev->finish == DS4_FINISH_CANCELLED ? "cancelled"
+                                                                   : "error"};
+        ds4_series_add(ds4_metric_series(dc->m_finished, kind), 1);
+        if (ev->finish == DS4_FINISH_ERROR) {
+            const char *ek[] = {"engine"};
+            ds4_series_add(ds4_metric_series(dc->m_errors, ek), 1);
+            dc->failed++;
+        } else {
+            dc->done++;
+        }
+        ds4_batcher_free_seq(ev->bseq);
+        r->bseq = NULL;
+        if (r->call != NULL) {
+            if (ev->finish == DS4_FINISH_CANCELLED) {
+                ds4_rpc_call_finish(r->call, DS4_RPC_CANCELLED, "request %" PRIu64 " cancelled",
+                                    r->id);
+            } else {
+                Ds4__Worker__V1__ReserveEvent out = DS4__WORKER__V1__RESERVE_EVENT__INIT;
+                Ds4__Worker__V1__Finish fin = DS4__WORKER__V1__FINISH__INIT;
+                fin.reason = finish_proto(ev->finish);
+                fin.completion_tokens = ev->n_generated;
+                fin.error = (char *)ev->error;
+                out.event_case = DS4__WORKER__V1__RESERVE_EVENT__EVENT_FINISH;
+                out.finish = &fin;
+                ds4_rpc_call_send(r->call, &out.base);
+                ds4_rpc_call_finish(r->call, DS4_RPC_OK, "%s", "");
+            }
+            r->call = NULL;
+        }
+        dreq_free(r);
+    }
+    ds4_series_set(dc->m_running, (double)ds4_batcher_active(dc->batcher));
+    ds4_series_set(dc->m_max_batch, (double)ds4_batcher_max_batch_seen(dc->batcher));
+}
+
+static dreq_t *find_req(decode_t *dc, uint64_t id)
+{
+    for (dreq_t *r = dc->reqs; r != NULL; r = r->next)
+        if (r->id == id)
+            return r;
+    return NULL;
+}
+
+static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
+{
+    decode_t *dc = arg;
+    const Ds4__Worker__V1__ReserveRequest *req = (const void *)request;
+    if (req->proto_version != DS4__WORKER__V1__WORKER_PROTO_VERSION__WORKER_PROTO_VERSION_1) {
+        ds4_rpc_call_finish(call, DS4_RPC_FAILED_PRECONDITION, "proto_version: want 1, got %u",
+                            req->proto_version);
+        return;
+    }
+    if (dc->draining) {
+        ds4_rpc_call_finish(call, DS4_RPC_UNAVAILABLE, "decode worker %s is draining",
+                            dc->opt.worker_id);
+        return;
+    }
+    size_t n = req->prompt != NULL ? req->prompt->n_ids : 0;
+    const Ds4__V1__SamplingParams *sp = req->sampling;
+    uint32_t n_vocab = (uint32_t)dc->cfg->vocab_size;
+    if (n == 0) {
+        ds4_rpc_call_finish(call, DS4_RPC_INVALID_ARGUMENT, "prompt.ids: must not be empty");
+        return;
+    }
+    if (sp == NULL || sp->max_tokens == 0) {
+        ds4_rpc_call_finish(call, DS4_RPC_INVALID_ARGUMENT, "sampling.max_tokens: must be >= 1");
+        return;
+    }
+    if (req->prefilled_tokens >= n) {
+        ds4_rpc_call_finish(call, DS4_RPC_INVALID_ARGUMENT,
+                            "prefilled_tokens: %u must be below the prompt length %zu",
+                            req->prefilled_tokens, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (req->prompt->ids[i] >= n_vocab) {
+            ds4_rpc_call_finish(call, DS4_RPC_INVALID_ARGUMENT,
+                                "prompt.ids: id %u at [%zu] outside the vocabulary of %u",
+                                req->prompt->ids[i], i, n_vocab);
+            return;
+        }
+    if ((uint64_t)n + sp->max_tokens > dc->opt.max_context) {
+        ds4_rpc_call_finish(call, DS4_RPC_INVALID_ARGUMENT,
+                            "prompt %zu tokens + max_tokens %u exceed the context length %u", n,
+                            sp->max_tokens, dc->opt.max_context);
+        return;
+    }
+    if (find_req(dc, req->request_id) != NULL) {
+        ds4_rpc_call_finish(call, DS4_RPC_ALREADY_EXISTS, "request_id %" PRIu64 " is live",
+                            req->request_id);
+        return;
+    }
+    if (dc->n_reqs >= dc->opt.max_sequences) {
+        const char *ek[] = {"capacity"};
+        ds4_series_add(ds4_metric_series(dc->m_errors, ek), 1);
+        ds4_rpc_call_finish(call, DS4_RPC_RESOURCE_EXHAUSTED,
+                            "decode worker %s is full (%u sequences)", dc->opt.worker_id,
+                            dc->opt.max_sequences);
+        return;
+    }
+    if (req->prefilled_tokens > 0) {
+        ds4_rpc_call_finish(call, DS4_RPC_UNIMPLEMENTED,
+                            "decode worker %s cannot receive pushed KV: built without the KV "
+                            "transfer engine (ds4/xfer.h); use local prefill",
+                            dc->opt.worker_id);
+        return;
+    }
+
+    dreq_t *r = ds4_calloc(1, sizeof(*r));
+    ds4_bseq_t *s = ds4_calloc(1, sizeof(*s));
+    int32_t *prompt = ds4_malloc_array(n, sizeof(*prompt));
+    int32_t *stops = ds4_malloc_array(sp->n_stop_token_ids + 1, sizeof(*stops));
+    ds4_status_t st = DS4_ERR_NO_MEMORY;
+    if (r == NULL || s == NULL || prompt == NULL || stops == NULL)
+        goto fail;
+    for (size_t i = 0; i < n; i++)
+        prompt[i] = (int32_t)req->prompt->ids[i];
+    for (size_t i = 0; i < sp->n_stop_token_ids; i++)
+        stops[i] = (int32_t)sp->stop_token_ids[i];
+    ds4_sampling_t sampling = {
+        .temperature = sp->temperature,
+        .top_k = sp->top_k,
+        .top_p = sp->top_p,
+        .min_p = sp->min_p,
+        .repetition_penalty = sp->repetition_penalty,
+        .presence_penalty = sp->presence_penalty,
+        .frequency_penalty = sp->frequency_penalty,
+        .seed = sp->seeded ? sp->seed : ds4_random_u64(),
+        .n_logprobs = sp->logprobs,
+    };
+    st = ds4_sampler_init(&s->sampler, &sampling, n_vocab, prompt, n);
+    if (st != DS4_OK)
+        goto fail;
+    st = ds4_seq_create(dc->model, &s->seq);
+    if (st != DS4_OK) {
+        ds4_sampler_free(&s->sampler);
+        goto fail;
+    }
+    s->request_id = req->request_id;
+    s->owner = r;
+    s->prompt = prompt;
+    s->n_prompt = n;
+    s->n_fed = 0;
+    s->max_tokens = sp->max_tokens;
+    s->stop_ids = stops;
+    s->n_stop_ids = sp->n_stop_token_ids;
+    s->eos_id = dc->cfg->eos_token_id;
+    s->ignore_eos = sp->ignore_eos;
+    r->dc = dc;
+    r->id = req->request_id;
+    r->call = call;
+    r->bseq = s;
+    r->t0_ns = ds4_clock_now_ns();
+    r->next = dc->reqs;
+    if (dc->reqs != NULL)
+        dc->reqs->prev = r;
+    dc->reqs = r;
+    dc->n_reqs++;
+    ds4_rpc_call_on_cancel(call, on_call_cancel, r);
+    /* The KV target always comes first; empty for a local prefill. */
+    Ds4__Worker__V1__ReserveEvent ev = DS4__WORKER__V1__RESERVE_EVENT__INIT;
+    Ds4__Worker__V1__KvTarget target = DS4__WORKER__V1__KV_TARGET__INIT;
+    ev.event_case = DS4__WORKER__V1__RESERVE_EVENT__EVENT_TARGET;
+    ev.target = &target;
+    ds4_rpc_call_send(call, &ev.base);
+    ds4_batcher_submit(dc->batcher, s);
+    return;
+fail:
+    ds4_free(r);
+    ds4_free(s);
+    ds4_free(prompt);
+    ds4_free(stops);
+    ds4_rpc_call_finish(call, ds4_rpc_code_from_status(st), "cannot start the sequence: %s",
+                        ds4_status_str(st));
+}
+
+static void rpc_release(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
+{
+    decode_t *dc = arg;
+    const Ds4__Worker__V1__ReleaseRequest *req = (const void *)request;
+    Ds4__Worker__V1__ReleaseResponse resp = DS4__WORKER__V1__RELEASE_RESPONSE__INIT;
+    dreq_t *r = find_req(dc, req->request_id);
+    if (r != NULL) {
+        resp.found = 1;
+        dreq_cancel(r);
+    }
+    ds4_rpc_call_reply(call, &resp.base);
+}
+
+static void fill_load(decode_t *dc, Ds4__Worker__V1__Load *load)
+{
+    uint32_t active = ds4_batcher_active(dc->batcher);
+    load->running = active;
+    load->queued = dc->n_reqs > active ? (uint32_t)(dc->n_reqs - active) : 0;
+    load->draining = dc->draining;
+}
+
+static void link_load(void *arg, void *load)
+{
+    fill_load(arg, load);
+}
+
+static void rpc_stats(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
+{
+    decode_t *dc = arg;
+    Ds4__Worker__V1__StatsResponse resp = DS4__WORKER__V1__STATS_RESPONSE__INIT;
+    Ds4__Worker__V1__WorkerInfo info = DS4__WORKER__V1__WORKER_INFO__INIT;
+    Ds4__Worker__V1__Load load = DS4__WORKER__V1__LOAD__INIT;
+    info.role = DS4__WORKER__V1__WORKER_ROLE__WORKER_ROLE_DECODE;
+    info.worker_id = (char *)dc->opt.worker_id;
+    info.incarnation = ds4_daemon_incarnation(dc->daemon);
+    info.model = (char *)dc->opt.model_name;
+    info.max_sequences = dc->opt.max_sequences;
+    info.max_context = dc->opt.max_context;
+    info.vocab_size = (uint32_t)dc->cfg->vocab_size;
+    fill_load(dc, &load);
+    resp.info = &info;
+    resp.load = &load;
+    resp.requests_done = dc->done;
+    resp.requests_failed = dc->failed;
+    resp.tokens_processed = dc->tokens;
+    ds4_rpc_call_reply(call, &resp.base);
+}
+
+static void rpc_prefill(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
+{
+    ds4_rpc_call_finish(call, DS4_RPC_UNIMPLEMENTED, "this is a decode worker");
+}
+
+static void hook_drain(void *arg)
+{
+    decode_t *dc = arg;
+    dc->draining = true;
+    ds4_router_link_poke(dc->link);
+}
+
+static size_t hook_in_flight(void *arg)
+{
+    decode_t *dc = arg;
+    return dc->n_reqs;
+}
+
+static void hook_stop(void *arg)
+{
+    decode_t *dc = arg;
+    /* Running sequences are cancelled; their FINISH events (delivered from inside destroy)
+     * end the calls and free the requests. */
+    ds4_batcher_destroy(dc->batcher);
+    dc->batcher = NULL;
+    ds4_router_link_destroy(dc->link);
+    dc->link = NULL;
+}
+
+static bool hook_ready(void *arg, char *why, size_t n)
+{
+    decode_t *dc = arg;
+    if (!ds4_router_link_registered(dc->link)) {
+        snprintf(why, n, "not registered with router %s", dc->opt.router);
+        return false;
+    }
+    return true;
+}
+
+static void hook_metrics(void *arg)
+{
+    decode_t *dc = arg;
+    if (dc->batcher == NULL)
+        return;
+    uint32_t active = ds4_batcher_active(dc->batcher);
+    ds4_series_set(dc->m_running, active);
+    ds4_series_set(dc->m_queue, dc->n_reqs > active ? (double)(dc->n_reqs - active) : 0);
+    ds4_series_set(dc->m_max_batch, ds4_batcher_max_batch_seen(dc->batcher));
+    ds4_series_set(dc->m_kv_used, 0);
+    ds4_series_set(dc->m_kv_free, 0);
+}
+
+static void make_metrics(decode_t *dc)
+{
+    ds4_metrics_h m = ds4_daemon_metrics(dc->daemon);
+    const double *lb = ds4_metrics_latency_buckets;
+    size_t nlb = ds4_metrics_n_latency_buckets;
+    static const double bb[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+    dc->m_running = ds4_metric_default(
+        ds4_metrics_gauge(m, "ds4_running_requests", "Sequences in the decode batch.", NULL));
+    dc->m_queue = ds4_metric_default(
+        ds4_metrics_gauge(m, "ds4_queue_depth", "Requests admitted, not yet batched.", NULL));
+    dc->m_batch = ds4_metric_default(ds4_metrics_histogram(
+        m, "ds4_decode_batch_size", "Sequences in the step of each generated token.", NULL, bb,
+        DS4_ARRAY_LEN(bb)));
+    dc->m_max_batch = ds4_metric_default(ds4_metrics_gauge(
+        m, "ds4_decode_max_batch_size", "Largest decode batch so far.", NULL));
+    dc->m_ttft = ds4_metric_default(ds4_metrics_histogram(
+        m, "ds4_ttft_seconds", "Reserve to first token at the decode worker.", NULL, lb, nlb));
+    dc->m_itl = ds4_metric_default(ds4_metrics_histogram(
+        m, "ds4_itl_seconds", "Inter-token latency at the decode worker.", NULL, lb, nlb));
+    dc->m_tokens = ds4_metric_default(
+        ds4_metrics_counter(m, "ds4_generated_tokens_total", "Tokens sampled.", NULL));
+    ds4_metric_h kv = ds4_metrics_gauge(m, "ds4_kv_blocks", "KV pool blocks by state.", "state");
+    const char *used[] = {"used"}, *free_[] = {"free"};
+    dc->m_kv_used = ds4_metric_series(kv, used);
+    dc->m_kv_free = ds4_metric_series(kv, free_);
+    dc->m_errors = ds4_metrics_counter(m, "ds4_errors_total", "Errors by kind.", "kind");
+    dc->m_finished = ds4_metrics_counter(m, "ds4_finished_total", "Sequences by finish.",
+                                         "reason");
+}
+
+int main(int argc, char **argv)
+{
+    decode_t dc;
+    memset(&dc, 0, sizeof(dc));
+    dc.opt = (decode_opts_t){
+        .grpc_listen = "127.0.0.1:0",
+        .http_listen = "127.0.0.1:0",
+        .router = "127.0.0.1:7000",
+        .worker_id = "decode-0",
+        .model_name = "ds4-tiny",
+        .log_level = "info",
+        .max_sequences = 64,
+        .max_batch = 64,
+        .chunk_tokens = 512,
+        .drain_timeout_ms = 30000,
+    };
+    const ds4_opt_t opts[] = {
+        {"grpc-listen", DS4_OPT_STR, &dc.opt.grpc_listen, "gRPC address of the Worker service"},
+        {"http-listen", DS4_OPT_STR, &dc.opt.http_listen, "HTTP address (/health /ready /metrics)"},
+        {"advertise", DS4_OPT_STR, &dc.opt.advertise,
+         "host:port the router dials (default: grpc-listen with the bound port)"},
+        {"ports-file", DS4_OPT_STR, &dc.opt.ports_file, "write the bound ports here (JSON)"},
+        {"router", DS4_OPT_STR, &dc.opt.router, "router gRPC address"},
+        {"worker-id", DS4_OPT_STR, &dc.opt.worker_id, "name, unique in the cluster"},
+        {"model", DS4_OPT_STR, &dc.opt.model, "checkpoint directory (required)"},
+        {"model-name", DS4_OPT_STR, &dc.opt.model_name, "model name the router serves"},
+        {"log-level", DS4_OPT_STR, &dc.opt.log_level, "error|warn|info|debug"},
+        {"max-sequences", DS4_OPT_U32, &dc.opt.max_sequences, "concurrent sequences"},
+        {"max-batch", DS4_OPT_U32, &dc.opt.max_batch, "sequences per engine step"},
+        {"chunk-tokens", DS4_OPT_U32, &dc.opt.chunk_tokens, "prompt tokens per sequence per step"},
+        {"threads", DS4_OPT_U32, &dc.opt.threads, "engine threads (0: all cores)"},
+        {"max-context", DS4_OPT_U32, &dc.opt.max_context,
+         "context limit (0: the model's max_position_embeddings)"},
+        {"drain-timeout-ms", DS4_OPT_U32, &dc.opt.drain_timeout_ms,
+         "SIGTERM: wait this long for sequences to finish"},
+    };
+    ds4_diag_t diag;
+    ds4_diag_init(&diag);
+    ds4_opts_state_t os;
+    int rc = 2;
+    if (ds4_opts_parse(opts, DS4_ARRAY_LEN(opts), argc, argv, &os, &diag) != DS4_OK) {
+        ds4_diag_log(&diag, "ds4-decode: bad options");
+        goto out_opts;
+    }
+    if (os.help) {
+        ds4_opts_usage("ds4-decode", opts, DS4_ARRAY_LEN(opts), stdout);
+        rc = 0;
+        goto out_opts;
+    }
+    if (dc.opt.model == NULL) {
+        ds4_log_error("ds4-decode: --model DIR is required");
+        goto out_opts;
+    }
+    if (dc.opt.max_sequences == 0 || dc.opt.max_batch == 0 || dc.opt.chunk_tokens == 0) {
+        ds4_log_error("ds4-decode: --max-sequences, --max-batch, --chunk-tokens must be >= 1");
+        goto out_opts;
+    }
+    int lvl = ds4_log_level_parse(dc.opt.log_level);
+    if (lvl >= 0)
+        ds4_log_set_level((ds4_log_level_t)lvl);
+    rc = 1;
+    ds4_model_params_t mp = ds4_model_params_default();
+    mp.n_threads = (int)dc.opt.threads;
+    if (ds4_model_load(dc.opt.model, &mp, &dc.model, &diag) != DS4_OK) {
+        ds4_diag_log(&diag, "ds4-decode: model");
+        goto out_opts;
+    }
+    dc.cfg = ds4_model_config(dc.model);
+    if (dc.opt.max_context == 0 || dc.opt.max_context > dc.cfg->max_position_embeddings)
+        dc.opt.max_context = (uint32_t)DS4_MIN(dc.cfg->max_position_embeddings,
+                                               (int64_t)UINT32_MAX);
+
+    ds4_daemon_params_t dp = ds4_daemon_params_default();
+    dp.name = "ds4-decode";
+    dp.grpc_listen = dc.opt.grpc_listen;
+    dp.http_listen = dc.opt.http_listen;
+    dp.ports_file = dc.opt.ports_file;
+    dp.drain_timeout_ms = dc.opt.drain_timeout_ms;
+    dp.hooks = (ds4_daemon_hooks_t){
+        .arg = &dc,
+        .drain = hook_drain,
+        .in_flight = hook_in_flight,
+        .stop = hook_stop,
+        .ready = hook_ready,
+        .metrics_update = hook_metrics,
+    };
+    if (ds4_daemon_create(&dp, &dc.daemon) != DS4_OK) {
+        ds4_log_error("ds4-decode: cannot listen on %s", dc.opt.grpc_listen);
+        goto out_model;
+    }
+    make_metrics(&dc);
+    const ds4_rpc_method_t methods[] = {
+        {"/ds4.worker.v1.Worker/Reserve", &ds4__worker__v1__reserve_request__descriptor,
+         rpc_reserve, &dc},
+        {"/ds4.worker.v1.Worker/Release", &ds4__worker__v1__release_request__descriptor,
+         rpc_release, &dc},
+        {"/ds4.worker.v1.Worker/Stats", &ds4__worker__v1__stats_request__descriptor, rpc_stats,
+         &dc},
+        {"/ds4.worker.v1.Worker/Prefill", &ds4__worker__v1__prefill_request__descriptor,
+         rpc_prefill, &dc},
+    };
+    for (size_t i = 0; i < DS4_ARRAY_LEN(methods); i++)
+        if (ds4_rpc_server_add_method(ds4_daemon_rpc_server(dc.daemon), &methods[i]) != DS4_OK)
+            goto out_daemon;
+    ds4_batcher_params_t bp = {
+        .model = dc.model,
+        .n_vocab = (uint32_t)dc.cfg->vocab_size,
+        .max_batch = dc.opt.max_batch,
+        .chunk_tokens = dc.opt.chunk_tokens,
+        .on_events = on_events,
+        .arg = &dc,
+    };
+    if (ds4_batcher_create(ds4_daemon_loop(dc.daemon), &bp, &dc.batcher) != DS4_OK)
+        goto out_daemon;
+
+    char advertise[300];
+    char host[256];
+    int port = 0;
+    if (dc.opt.advertise != NULL) {
+        snprintf(advertise, sizeof(advertise), "%s", dc.opt.advertise);
+    } else if (ds4_split_host_port(dc.opt.grpc_listen, host, sizeof(host), &port)) {
+        snprintf(advertise, sizeof(advertise), "%s:%d",
+                 strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1" : host,
+                 ds4_daemon_grpc_port(dc.daemon));
+    } else {
+        ds4_log_error("ds4-decode: bad --grpc-listen %s", dc.opt.grpc_listen);
+        goto out_batcher;
+    }
+    ds4_router_link_params_t lp = ds4_router_link_params_default();
+    lp.router_addr = dc.opt.router;
+    lp.role = DS4__WORKER__V1__WORKER_ROLE__WORKER_ROLE_DECODE;
+    lp.worker_id = dc.opt.worker_id;
+    lp.rpc_address = advertise;
+    lp.model = dc.opt.model_name;
+    lp.max_sequences = dc.opt.max_sequences;
+    lp.max_context = dc.opt.max_context;
+    lp.vocab_size = (uint32_t)dc.cfg->vocab_size;
+    lp.load_cb = link_load;
+    lp.arg = &dc;
+    if (ds4_daemon_start(dc.daemon) != DS4_OK)
+        goto out_batcher;
+    char http_addr[300];
+    snprintf(http_addr, sizeof(http_addr), "127.0.0.1:%d", ds4_daemon_http_port(dc.daemon));
+    lp.http_address = http_addr;
+    if (ds4_router_link_create(dc.daemon, &lp, &dc.link) != DS4_OK)
+        goto out_batcher;
+    rc = ds4_daemon_run(dc.daemon);
+    goto out_daemon;
+out_batcher:
+    if (dc.batcher != NULL)
+        ds4_batcher_destroy(dc.batcher);
+out_daemon:
+    ds4_daemon_destroy(dc.daemon);
+out_model:
+    ds4_model_free(dc.model);
+out_opts:
+    ds4_diag_free(&diag);
+    ds4_opts_free(&os);
+    return rc;
+}
