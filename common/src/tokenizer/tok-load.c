@@ -3,14 +3,17 @@
  * Every unsupported or invalid feature is reported with its JSON path; nothing is guessed.
  */
 #include "tok-internal.h"
+#include "tok-json-scan.h"
 
 #include "ds4/alloc.h"
 #include "ds4/json.h"
 #include "ds4/log.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define MAX_ID ((int64_t)1 << 24) /* ids above this are certainly a broken file */
 
@@ -532,16 +535,36 @@ static uint32_t pow2_at_least(uint64_t n)
     return p;
 }
 
-static int32_t vocab_get(const json_t *vocab, const char *key)
+/* String → vocab id lookup over the raw (byte-level) vocab keys. A slot holds the key's hash
+ * (high 32 bits) and entry index + 1 (low 32 bits; 0 = empty), so most misses never touch
+ * the entries. */
+typedef struct vocab_index {
+    const ds4_tok_raw_t *raw;
+    uint64_t *slots;
+    uint32_t mask;
+} vocab_index_t;
+
+static int32_t vocab_lookup(const vocab_index_t *vi, const char *s, size_t n)
 {
-    const json_t *v = json_object_get(vocab, key);
-    return v != NULL ? (int32_t)json_integer_value(v) : -1;
+    uint32_t h = ds4__tok_hash_bytes(s, n);
+    uint32_t i = h & vi->mask;
+    for (;;) {
+        uint64_t slot = vi->slots[i];
+        if (slot == 0)
+            return -1;
+        if ((uint32_t)(slot >> 32) == h) {
+            const ds4_tok_vocab_ent_t *e = &vi->raw->vocab[(uint32_t)slot - 1];
+            if (e->len == n && memcmp(vi->raw->arena + e->off, s, n) == 0)
+                return (int32_t)e->id;
+        }
+        i = (i + 1) & vi->mask;
+    }
 }
 
-static ds4_status_t parse_merges(load_ctx_t *c, ds4_tokenizer_h *t, const json_t *vocab,
-                                 const json_t *merges)
+static ds4_status_t parse_merges(load_ctx_t *c, ds4_tokenizer_h *t, const ds4_tok_raw_t *raw,
+                                 const vocab_index_t *vi)
 {
-    size_t n = json_array_size(merges);
+    size_t n = raw->n_merges;
     t->merge_mask = pow2_at_least((uint64_t)n * 2 + 1) - 1;
     t->merge_keys = ds4_calloc((size_t)t->merge_mask + 1, sizeof(*t->merge_keys));
     t->merge_rank = ds4_malloc_array((size_t)t->merge_mask + 1, sizeof(*t->merge_rank));
@@ -549,60 +572,35 @@ static ds4_status_t parse_merges(load_ctx_t *c, ds4_tokenizer_h *t, const json_t
     if (t->merge_keys == NULL || t->merge_rank == NULL || t->merge_new == NULL)
         return DS4_ERR_NO_MEMORY;
     char path[96];
-    char stackbuf[512];
+    char cat[1024];
     int reported = 0;
     for (size_t r = 0; r < n; r++) {
-        const json_t *m = json_array_get(merges, r);
-        const char *a = NULL, *b = NULL;
-        size_t alen = 0, blen = 0;
-        if (json_is_string(m)) {
-            const char *s = json_string_value(m);
-            const char *sp = strchr(s, ' ');
-            if (sp != NULL && strchr(sp + 1, ' ') == NULL && sp != s && sp[1] != '\0') {
-                a = s;
-                alen = (size_t)(sp - s);
-                b = sp + 1;
-                blen = strlen(b);
-            }
-        } else if (json_is_array(m) && json_array_size(m) == 2 &&
-                   json_is_string(json_array_get(m, 0)) && json_is_string(json_array_get(m, 1))) {
-            a = json_string_value(json_array_get(m, 0));
-            alen = json_string_length(json_array_get(m, 0));
-            b = json_string_value(json_array_get(m, 1));
-            blen = json_string_length(json_array_get(m, 1));
-        }
-        ds4_json_path_index(path, sizeof(path), "model.merges", r);
-        if (a == NULL) {
+        const ds4_tok_merge_ent_t *m = &raw->merges[r];
+        if (!m->ok) {
+            ds4_json_path_index(path, sizeof(path), "model.merges", r);
             if (reported++ < 10)
                 invalid(c, path, "expected \"left right\" or [left, right]");
             else
                 c->n_invalid++;
             continue;
         }
-        if (alen + blen + 1 > sizeof(stackbuf)) {
-            invalid(c, path, "merge longer than %zu bytes", sizeof(stackbuf) - 1);
-            continue;
+        const char *a = raw->arena + m->a_off, *b = raw->arena + m->b_off;
+        int32_t ia = vocab_lookup(vi, a, m->a_len);
+        int32_t ib = ia >= 0 ? vocab_lookup(vi, b, m->b_len) : -1;
+        int32_t inew = -1;
+        bool fits = (size_t)m->a_len + m->b_len < sizeof(cat);
+        if (ib >= 0 && fits) {
+            memcpy(cat, a, m->a_len);
+            memcpy(cat + m->a_len, b, m->b_len);
+            cat[m->a_len + m->b_len] = '\0';
+            inew = vocab_lookup(vi, cat, (size_t)m->a_len + m->b_len);
         }
-        memcpy(stackbuf, a, alen);
-        stackbuf[alen] = '\0';
-        int32_t ia = vocab_get(vocab, stackbuf);
-        const char *which = "left";
-        if (ia >= 0) {
-            memcpy(stackbuf, b, blen);
-            stackbuf[blen] = '\0';
-            which = "right";
-        }
-        int32_t ib = ia >= 0 ? vocab_get(vocab, stackbuf) : -1;
-        if (ib >= 0) {
-            memcpy(stackbuf, a, alen);
-            memcpy(stackbuf + alen, b, blen);
-            stackbuf[alen + blen] = '\0';
-            which = "merged";
-        }
-        int32_t inew = ib >= 0 ? vocab_get(vocab, stackbuf) : -1;
         if (inew < 0) {
+            ds4_json_path_index(path, sizeof(path), "model.merges", r);
             if (reported++ < 10)
-                invalid(c, path, "%s token \"%s\" is not in model.vocab", which, stackbuf);
+                invalid(c, path, "%s token \"%.200s\" is not in model.vocab",
+                        ia < 0 ? "left" : ib < 0 ? "right" : "merged",
+                        ia < 0 ? a : ib < 0 ? b : fits ? cat : "(too long)");
             else
                 c->n_invalid++;
             continue;
@@ -622,7 +620,7 @@ static ds4_status_t parse_merges(load_ctx_t *c, ds4_tokenizer_h *t, const json_t
 }
 
 static ds4_status_t parse_model(load_ctx_t *c, ds4_tokenizer_h *t, const json_t *root,
-                                const json_t *added, json_t **vocab_out)
+                                const json_t *added, ds4_tok_raw_t *raw)
 {
     const json_t *model = ds4_json_get_typed(root, "", "model", true, JSON_OBJECT, c->diag);
     if (model == NULL) {
@@ -654,31 +652,35 @@ static ds4_status_t parse_model(load_ctx_t *c, ds4_tokenizer_h *t, const json_t 
     ds4_json_get_bool(model, "model", "ignore_merges", false, &flag, c->diag);
     t->ignore_merges = flag;
 
-    json_t *vocab = ds4_json_get_typed(model, "model", "vocab", true, JSON_OBJECT, c->diag);
-    const json_t *merges = ds4_json_get_typed(model, "model", "merges", true, JSON_ARRAY,
-                                              c->diag);
-    if (vocab == NULL || merges == NULL) {
+    /* vocab and merges: extracted by the scanner, or still in the document */
+    const json_t *jv = raw->have_vocab ? NULL
+                                       : ds4_json_get_typed(model, "model", "vocab", true,
+                                                            JSON_OBJECT, c->diag);
+    const json_t *jm = raw->have_merges ? NULL
+                                        : ds4_json_get_typed(model, "model", "merges", true,
+                                                             JSON_ARRAY, c->diag);
+    if ((!raw->have_vocab && jv == NULL) || (!raw->have_merges && jm == NULL)) {
         c->n_invalid++;
         return DS4_OK;
     }
+    ds4_status_t st = ds4__tok_raw_from_json(raw, jv, jm);
+    if (st != DS4_OK)
+        return st;
 
     /* ids: the vocab, then added tokens may extend the range */
     int64_t max_id = -1;
-    const char *key;
-    json_t *val;
     int bad = 0;
-    json_object_foreach(vocab, key, val)
-    {
-        if (!json_is_integer(val) || json_integer_value(val) < 0 ||
-            json_integer_value(val) >= MAX_ID) {
+    for (size_t k = 0; k < raw->n_vocab; k++) {
+        const ds4_tok_vocab_ent_t *e = &raw->vocab[k];
+        if (!e->id_ok || e->id < 0 || e->id >= MAX_ID) {
             if (bad++ < 10)
                 invalid(c, "model.vocab", "token \"%.64s\": id must be an integer in [0, %lld)",
-                        key, (long long)MAX_ID);
+                        raw->arena + e->off, (long long)MAX_ID);
             else
                 c->n_invalid++;
             continue;
         }
-        max_id = DS4_MAX(max_id, (int64_t)json_integer_value(val));
+        max_id = DS4_MAX(max_id, e->id);
     }
     int64_t max_vocab_id = max_id;
     size_t i;
@@ -691,29 +693,49 @@ static ds4_status_t parse_model(load_ctx_t *c, ds4_tokenizer_h *t, const json_t 
     }
     if (bad > 0)
         return DS4_OK;
+
+    /* string index of the vocab keys (duplicates are an error) */
+    vocab_index_t vi = {.raw = raw};
+    vi.mask = pow2_at_least((uint64_t)raw->n_vocab * 2 + 1) - 1;
+    vi.slots = ds4_calloc((size_t)vi.mask + 1, sizeof(*vi.slots));
     t->n_vocab = (uint32_t)(max_vocab_id + 1);
     t->n_ids = (uint32_t)(max_id + 1);
     t->tok_off = ds4_calloc((size_t)t->n_ids + 1, sizeof(*t->tok_off));
     t->tok_flags = ds4_calloc(t->n_ids, 1);
-    uint32_t *len = ds4_calloc(t->n_ids, sizeof(*len));
     const char **src = ds4_calloc(t->n_ids, sizeof(*src));
     size_t *srclen = ds4_calloc(t->n_ids, sizeof(*srclen));
-    ds4_status_t st = DS4_ERR_NO_MEMORY;
-    if (t->tok_off == NULL || t->tok_flags == NULL || len == NULL || src == NULL ||
+    st = DS4_ERR_NO_MEMORY;
+    if (vi.slots == NULL || t->tok_off == NULL || t->tok_flags == NULL || src == NULL ||
         srclen == NULL)
         goto free_tmp;
-
-    /* token strings per id: vocab first, added tokens override */
-    json_object_foreach(vocab, key, val)
-    {
-        uint32_t id = (uint32_t)json_integer_value(val);
+    for (size_t k = 0; k < raw->n_vocab; k++) {
+        const ds4_tok_vocab_ent_t *e = &raw->vocab[k];
+        const char *key = raw->arena + e->off;
+        uint32_t hash = ds4__tok_hash_bytes(key, e->len);
+        uint32_t h = hash & vi.mask;
+        bool dup = false;
+        while (vi.slots[h] != 0) {
+            const ds4_tok_vocab_ent_t *o = &raw->vocab[(uint32_t)vi.slots[h] - 1];
+            if ((uint32_t)(vi.slots[h] >> 32) == hash && o->len == e->len &&
+                memcmp(raw->arena + o->off, key, e->len) == 0) {
+                dup = true;
+                break;
+            }
+            h = (h + 1) & vi.mask;
+        }
+        if (dup) {
+            invalid(c, "model.vocab", "token \"%.64s\" appears twice", key);
+            continue;
+        }
+        vi.slots[h] = ((uint64_t)hash << 32) | ((uint32_t)k + 1);
+        uint32_t id = (uint32_t)e->id;
         if (src[id] != NULL) {
             invalid(c, "model.vocab", "id %u is used by \"%.64s\" and \"%.64s\"", id, src[id],
                     key);
             continue;
         }
         src[id] = key;
-        srclen[id] = strlen(key);
+        srclen[id] = e->len;
     }
     json_array_foreach(added, i, a)
     {
@@ -747,17 +769,16 @@ static ds4_status_t parse_model(load_ctx_t *c, ds4_tokenizer_h *t, const json_t 
     t->vocab_slots = ds4_calloc((size_t)t->vocab_mask + 1, sizeof(*t->vocab_slots));
     if (t->vocab_slots == NULL)
         goto free_tmp;
-    json_object_foreach(vocab, key, val)
-    {
-        uint32_t id = (uint32_t)json_integer_value(val);
+    for (size_t k = 0; k < raw->n_vocab; k++) {
+        uint32_t id = (uint32_t)raw->vocab[k].id;
         const char *bytes = t->tok_bytes + t->tok_off[id];
         size_t n = t->tok_off[id + 1] - t->tok_off[id];
         uint32_t h = ds4__tok_hash_bytes(bytes, n) & t->vocab_mask;
         bool dup = false;
         while (t->vocab_slots[h] != 0) {
             uint32_t o = t->vocab_slots[h] - 1;
-            if (t->tok_off[o + 1] - t->tok_off[o] == n &&
-                memcmp(t->tok_bytes + t->tok_off[o], bytes, n) == 0) {
+            if (o == id || (t->tok_off[o + 1] - t->tok_off[o] == n &&
+                            memcmp(t->tok_bytes + t->tok_off[o], bytes, n) == 0)) {
                 dup = true;
                 break;
             }
@@ -768,12 +789,13 @@ static ds4_status_t parse_model(load_ctx_t *c, ds4_tokenizer_h *t, const json_t 
     }
 
     /* byte-level alphabet: every byte needs its one-symbol token */
+    uint16_t byte_cp[256];
+    for (int k = 0; k < 512; k++)
+        if (c->char_byte[k] != 0)
+            byte_cp[c->char_byte[k] - 1] = (uint16_t)k;
     for (int b = 0; b < 256; b++) {
-        char sym[8];
-        int cp = 0;
-        for (int k = 0; k < 512; k++)
-            if (c->char_byte[k] == b + 1)
-                cp = k;
+        char sym[4];
+        int cp = byte_cp[b];
         size_t sl = 0;
         if (cp < 0x80) {
             sym[sl++] = (char)cp;
@@ -782,15 +804,14 @@ static ds4_status_t parse_model(load_ctx_t *c, ds4_tokenizer_h *t, const json_t 
             sym[sl++] = (char)(0x80 | (cp & 0x3F));
         }
         sym[sl] = '\0';
-        t->byte_id[b] = vocab_get(vocab, sym);
+        t->byte_id[b] = vocab_lookup(&vi, sym, sl);
         if (t->byte_id[b] < 0)
             invalid(c, "model.vocab", "byte-level symbol \"%s\" (byte 0x%02x) is missing", sym,
                     b);
     }
-    st = parse_merges(c, t, vocab, merges);
-    *vocab_out = vocab;
+    st = parse_merges(c, t, raw, &vi);
 free_tmp:
-    ds4_free(len);
+    ds4_free(vi.slots);
     ds4_free(src);
     ds4_free(srclen);
     return st;
@@ -868,7 +889,8 @@ void ds4_tokenizer_destroy(ds4_tokenizer_h *t)
     ds4_free(t);
 }
 
-static ds4_status_t load_root(const json_t *root, ds4_tokenizer_h **out, ds4_diag_t *diag)
+static ds4_status_t load_root(const json_t *root, ds4_tok_raw_t *raw, ds4_tokenizer_h **out,
+                              ds4_diag_t *diag)
 {
     load_ctx_t c = {.diag = diag};
     build_byte_alphabet(&c);
@@ -889,10 +911,9 @@ static ds4_status_t load_root(const json_t *root, ds4_tokenizer_h **out, ds4_dia
         invalid(&c, "added_tokens", "expected an array, got %s", ds4_json_type_name(added));
         added = empty = json_array();
     }
-    json_t *vocab = NULL;
     parse_simple_parts(&c, root);
     parse_pretok(&c, t, root);
-    st = parse_model(&c, t, root, added, &vocab);
+    st = parse_model(&c, t, root, added, raw);
     if (st == DS4_OK)
         st = parse_added(&c, t, added);
     json_decref(empty);
@@ -910,17 +931,38 @@ static ds4_status_t load_root(const json_t *root, ds4_tokenizer_h **out, ds4_dia
     return DS4_OK;
 }
 
+/* Parses a private, writable copy of the JSON text (the scanner blanks vocab and merges). */
+static ds4_status_t load_text(char *buf, size_t len, const char *what, ds4_tokenizer_h **out,
+                              ds4_diag_t *d)
+{
+    ds4_tok_raw_t raw = {0};
+    ds4_status_t st = ds4__tok_scan(buf, len, &raw, d);
+    json_t *root = NULL;
+    if (st == DS4_OK)
+        st = ds4_json_load_buf(buf, len, what, &root, d);
+    if (st == DS4_OK) {
+        st = load_root(root, &raw, out, d);
+        json_decref(root);
+    }
+    ds4__tok_raw_free(&raw);
+    return st;
+}
+
 ds4_status_t ds4_tokenizer_load_buf(const char *json, size_t len, const char *what,
                                     ds4_tokenizer_h **out, ds4_diag_t *diag)
 {
+    if ((json == NULL && len > 0) || out == NULL)
+        return DS4_ERR_INVALID_ARG;
     ds4_diag_t local;
     ds4_diag_init(&local);
     ds4_diag_t *d = diag != NULL ? diag : &local;
-    json_t *root = NULL;
-    ds4_status_t st = ds4_json_load_buf(json, len, what, &root, d);
-    if (st == DS4_OK) {
-        st = load_root(root, out, d);
-        json_decref(root);
+    ds4_status_t st = DS4_ERR_NO_MEMORY;
+    char *copy = ds4_malloc(len + 1);
+    if (copy != NULL) {
+        memcpy(copy, json, len);
+        copy[len] = '\0';
+        st = load_text(copy, len, what != NULL ? what : "tokenizer.json", out, d);
+        ds4_free(copy);
     }
     ds4_diag_free(&local);
     return st;
@@ -928,15 +970,46 @@ ds4_status_t ds4_tokenizer_load_buf(const char *json, size_t len, const char *wh
 
 ds4_status_t ds4_tokenizer_load(const char *path, ds4_tokenizer_h **out, ds4_diag_t *diag)
 {
+    if (path == NULL || out == NULL)
+        return DS4_ERR_INVALID_ARG;
     ds4_diag_t local;
     ds4_diag_init(&local);
     ds4_diag_t *d = diag != NULL ? diag : &local;
-    json_t *root = NULL;
-    ds4_status_t st = ds4_json_load_file(path, DS4_TOKENIZER_MAX_FILE_BYTES, &root, d);
-    if (st == DS4_OK) {
-        st = load_root(root, out, d);
-        json_decref(root);
+    ds4_status_t st = DS4_ERR_IO;
+    char *buf = NULL;
+    FILE *f = fopen(path, "rb");
+    struct stat sb;
+    if (f == NULL) {
+        ds4_diag_addf(d, path, "cannot open: %s", strerror(errno));
+        goto done;
     }
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        ds4_diag_addf(d, path, "not a readable regular file");
+        goto close_file;
+    }
+    if ((uint64_t)sb.st_size > DS4_TOKENIZER_MAX_FILE_BYTES) {
+        ds4_diag_addf(d, path, "file is %lld bytes, more than the limit of %zu",
+                      (long long)sb.st_size, DS4_TOKENIZER_MAX_FILE_BYTES);
+        st = DS4_ERR_TOKENIZER;
+        goto close_file;
+    }
+    size_t len = (size_t)sb.st_size;
+    buf = ds4_malloc(len + 1);
+    if (buf == NULL) {
+        st = DS4_ERR_NO_MEMORY;
+        goto close_file;
+    }
+    if (len > 0 && fread(buf, 1, len, f) != len) {
+        ds4_diag_addf(d, path, "short read");
+        goto free_buf;
+    }
+    buf[len] = '\0';
+    st = load_text(buf, len, path, out, d);
+free_buf:
+    ds4_free(buf);
+close_file:
+    fclose(f);
+done:
     ds4_diag_free(&local);
     return st;
 }
