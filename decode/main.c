@@ -3,9 +3,11 @@
  * /health /ready /metrics; registers and heartbeats with the router; runs every sequence in one
  * continuous batch (batcher.c) and streams the sampled tokens back on each Reserve stream.
  *
- * Reserve with prefilled_tokens = 0 computes the whole prompt here (local prefill). KV pushed
- * by a prefill worker (prefilled_tokens > 0) needs the KV transfer engine (ds4/xfer.h); a
- * worker built without it answers such a Reserve UNIMPLEMENTED, naming the reason.
+ * Reserve with prefilled_tokens = 0 computes the whole prompt here (local prefill). With
+ * prefilled_tokens = n > 0 the worker reserves KV blocks for n tokens (ds4/xfer.h) and answers
+ * with the KV target; once the prefill worker's push is verified (fail closed), the KV is
+ * imported into an engine sequence (the pool's group rows are exactly the engine's export
+ * format), the blocks are freed, and the sequence joins the batch with the rest of the prompt.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -16,13 +18,17 @@
 #include "ds4/clock.h"
 #include "ds4/daemon.h"
 #include "ds4/log.h"
+#include "ds4/kv.h"
 #include "ds4/model.h"
+#include "ds4/xfer.h"
 #include "ds4_worker.pb-c.h"
 
 typedef struct decode_opts {
     const char *grpc_listen, *http_listen, *advertise, *ports_file, *router, *worker_id, *model,
-        *model_name, *log_level;
+        *model_name, *log_level, *xfer_listen;
     uint32_t max_sequences, max_batch, chunk_tokens, threads, drain_timeout_ms, max_context;
+    uint32_t kv_seqs, kv_tokens;
+    bool refuse_tcp_only;
 } decode_opts_t;
 
 typedef struct dreq dreq_t;
@@ -34,12 +40,16 @@ typedef struct decode {
     const ds4_model_config_t *cfg;
     ds4_batcher_t *batcher;
     ds4_router_link_h link;
+    ds4_kv_manifest_h *manifest;
+    uint8_t digest[8];
+    ds4_xfer_h *xfer;
+    uv_timer_t kv_timer;            /* imports verified KV outside the xfer callback */
     dreq_t *reqs;
     size_t n_reqs;
     bool draining;
     uint64_t done, failed, tokens;
     ds4_series_h m_running, m_queue, m_batch, m_max_batch, m_ttft, m_itl, m_tokens, m_kv_used,
-        m_kv_free;
+        m_kv_free, m_xfer_bytes, m_xfer_seconds, m_import_seconds;
     ds4_metric_h m_errors, m_finished;
 } decode_t;
 
@@ -49,6 +59,12 @@ struct dreq {
     uint64_t id;
     ds4_rpc_call_h call;        /* NULL once finished */
     ds4_bseq_t *bseq;           /* in the batcher until its FINISH event */
+    bool submitted;             /* bseq handed to the batcher */
+    bool waiting_kv;            /* an xfer reservation is open */
+    bool kv_ended;              /* the reservation reached its end (kv_status) */
+    ds4_status_t kv_status;
+    char kv_msg[200];
+    uint32_t prefilled;
     bool cancel_sent;
     uint64_t t0_ns, t_last_ns;
     uint32_t n_tokens;
@@ -57,6 +73,8 @@ struct dreq {
 static void dreq_free(dreq_t *r)
 {
     decode_t *dc = r->dc;
+    if (r->bseq != NULL && !r->submitted)
+        ds4_batcher_free_seq(r->bseq);
     if (r->prev != NULL)
         r->prev->next = r->next;
     else
@@ -69,7 +87,13 @@ static void dreq_free(dreq_t *r)
 
 static void dreq_cancel(dreq_t *r)
 {
-    if (r->bseq != NULL && !r->cancel_sent) {
+    if (r->cancel_sent)
+        return;
+    if (r->waiting_kv) {
+        /* The recv callback follows (DS4_ERR_CANCELLED) and ends the request. */
+        r->cancel_sent = true;
+        ds4_xfer_release(r->dc->xfer, r->id);
+    } else if (r->bseq != NULL && r->submitted) {
         r->cancel_sent = true;
         ds4_batcher_cancel(r->dc->batcher, r->bseq);
     }
@@ -176,6 +200,129 @@ static void on_events(void *arg, const ds4_bevent_t *evs, size_t n)
     ds4_series_set(dc->m_max_batch, (double)ds4_batcher_max_batch_seen(dc->batcher));
 }
 
+static dreq_t *find_req(decode_t *dc, uint64_t id);
+
+/* Copies the verified rows out of the pool in the engine's export layout and imports them. */
+static ds4_status_t import_kv(decode_t *dc, dreq_t *r, char *why, size_t why_len)
+{
+    const ds4_kv_block_table_h *table = NULL;
+    ds4_status_t st = ds4_xfer_acquire(dc->xfer, r->id, &table);
+    if (st != DS4_OK) {
+        snprintf(why, why_len, "kv not available: %s", ds4_status_str(st));
+        return st;
+    }
+    ds4_kv_pool_h *pool = ds4_xfer_pool(dc->xfer);
+    uint64_t n_tokens = r->prefilled;
+    uint64_t bytes = sizeof(ds4_seq_state_header_t) + ds4_kv_manifest_seq_bytes(dc->manifest,
+                                                                                n_tokens);
+    unsigned char *buf = ds4_malloc(bytes);
+    if (buf == NULL) {
+        snprintf(why, why_len, "out of memory for %" PRIu64 " bytes of KV", bytes);
+        return DS4_ERR_NO_MEMORY;
+    }
+    ds4_seq_state_header_t h = {
+        .magic = DS4_SEQ_STATE_MAGIC,
+        .version = DS4_SEQ_STATE_VERSION,
+        .pos = (int64_t)n_tokens,
+        .mtp_pos = 0,
+        .n_layers = (uint32_t)ds4_config_n_layers_total(dc->cfg),
+        .row_bytes = ds4_kv_manifest_kind_row_bytes(dc->manifest, DS4_KV_WINDOW),
+        .index_row_bytes = ds4_kv_manifest_kind_row_bytes(dc->manifest, DS4_KV_INDEX),
+    };
+    memcpy(buf, &h, sizeof(h));
+    uint64_t off = sizeof(h);
+    uint32_t ng = ds4_kv_manifest_n_groups(dc->manifest);
+    for (uint32_t g = 0; g < ng; g++) {
+        const ds4_kv_group_t *grp = ds4_kv_manifest_group(dc->manifest, g);
+        uint64_t rows = ds4_kv_group_rows(grp, n_tokens);
+        for (uint64_t row = 0; row < rows;) {
+            uint64_t contig = 0;
+            const void *p = ds4_kv_table_row_ptr(pool, table, g, row, &contig);
+            if (p == NULL || contig == 0) {
+                ds4_free(buf);
+                snprintf(why, why_len, "kv row %" PRIu64 " of group %u missing", row, g);
+                return DS4_ERR_KV_INCOMPLETE;
+            }
+            uint64_t take = DS4_MIN(contig, rows - row);
+            memcpy(buf + off, p, take * grp->row_bytes);
+            off += take * grp->row_bytes;
+            row += take;
+        }
+    }
+    DS4_ASSERT(off == bytes);
+    ds4_seq_h seq = NULL;
+    st = ds4_seq_import(dc->model, buf, bytes, &seq);
+    ds4_free(buf);
+    if (st != DS4_OK) {
+        snprintf(why, why_len, "kv import failed: %s", ds4_status_str(st));
+        return st;
+    }
+    r->bseq->seq = seq;
+    r->bseq->n_fed = n_tokens;
+    ds4_series_add(dc->m_xfer_bytes, (double)bytes);
+    return DS4_OK;
+}
+
+/* Ends a request that never reached the batcher. */
+static void fail_unsubmitted(dreq_t *r, ds4_rpc_code_t code, const char *msg)
+{
+    if (r->call != NULL) {
+        ds4_rpc_call_finish(r->call, code, "%s", msg);
+        r->call = NULL;
+    }
+    dreq_free(r);
+}
+
+static void kv_timer_cb(uv_timer_t *t)
+{
+    decode_t *dc = t->data;
+    for (dreq_t *r = dc->reqs, *next; r != NULL; r = next) {
+        next = r->next;
+        if (!r->waiting_kv || !r->kv_ended)
+            continue;
+        r->waiting_kv = false;
+        if (r->kv_status != DS4_OK) {
+            ds4_rpc_code_t code = r->cancel_sent ? DS4_RPC_CANCELLED
+                                                 : ds4_rpc_code_from_status(r->kv_status);
+            const char *ek[] = {r->cancel_sent ? "cancelled" : "kv_transfer"};
+            ds4_series_add(ds4_metric_series(dc->m_errors, ek), 1);
+            char msg[300];
+            snprintf(msg, sizeof(msg), "kv transfer for request %" PRIu64 " failed: %s", r->id,
+                     r->kv_msg);
+            fail_unsubmitted(r, code, msg);
+            continue;
+        }
+        ds4_series_observe(dc->m_xfer_seconds, (double)(ds4_clock_now_ns() - r->t0_ns) / 1e9);
+        char why[200] = "";
+        uint64_t t_import = ds4_clock_now_ns();
+        ds4_status_t st = r->cancel_sent || r->call == NULL ? DS4_ERR_CANCELLED
+                                                            : import_kv(dc, r, why, sizeof(why));
+        ds4_series_observe(dc->m_import_seconds, (double)(ds4_clock_now_ns() - t_import) / 1e9);
+        ds4_xfer_release(dc->xfer, r->id);  /* the rows now live in the engine sequence */
+        if (st != DS4_OK) {
+            fail_unsubmitted(r, st == DS4_ERR_CANCELLED ? DS4_RPC_CANCELLED
+                                                        : ds4_rpc_code_from_status(st),
+                             st == DS4_ERR_CANCELLED ? "cancelled" : why);
+            continue;
+        }
+        r->submitted = true;
+        ds4_batcher_submit(dc->batcher, r->bseq);
+    }
+}
+
+static void on_kv(void *arg, uint64_t request_id, ds4_status_t status, const char *msg)
+{
+    decode_t *dc = arg;
+    dreq_t *r = find_req(dc, request_id);
+    if (r == NULL || !r->waiting_kv || r->kv_ended)
+        return;
+    r->kv_ended = true;
+    r->kv_status = status;
+    snprintf(r->kv_msg, sizeof(r->kv_msg), "%s%s%s", ds4_status_str(status),
+             msg != NULL && msg[0] != '\0' ? ": " : "", msg != NULL ? msg : "");
+    uv_timer_start(&dc->kv_timer, kv_timer_cb, 0, 0);
+}
+
 static dreq_t *find_req(decode_t *dc, uint64_t id)
 {
     for (dreq_t *r = dc->reqs; r != NULL; r = r->next)
@@ -241,12 +388,28 @@ static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
                             dc->opt.max_sequences);
         return;
     }
-    if (req->prefilled_tokens > 0) {
-        ds4_rpc_call_finish(call, DS4_RPC_UNIMPLEMENTED,
-                            "decode worker %s cannot receive pushed KV: built without the KV "
-                            "transfer engine (ds4/xfer.h); use local prefill",
-                            dc->opt.worker_id);
+    if (req->prefilled_tokens > 0 && req->prefill_manifest_digest.len != 0 &&
+        (req->prefill_manifest_digest.len != sizeof(dc->digest) ||
+         memcmp(req->prefill_manifest_digest.data, dc->digest, sizeof(dc->digest)) != 0)) {
+        ds4_rpc_call_finish(call, DS4_RPC_FAILED_PRECONDITION,
+                            "prefill_manifest_digest: the prefill worker's KV manifest differs "
+                            "from this decode worker's");
         return;
+    }
+    void *blob = NULL;
+    size_t blob_len = 0;
+    if (req->prefilled_tokens > 0) {
+        ds4_status_t rs = ds4_xfer_reserve(dc->xfer, req->request_id, req->prefilled_tokens,
+                                           req->deadline_ms != 0 ? req->deadline_ms : 600000,
+                                           &blob, &blob_len);
+        if (rs != DS4_OK) {
+            const char *ek[] = {rs == DS4_ERR_NO_BLOCKS ? "no_blocks" : "reserve"};
+            ds4_series_add(ds4_metric_series(dc->m_errors, ek), 1);
+            ds4_rpc_call_finish(call, ds4_rpc_code_from_status(rs),
+                                "cannot reserve KV for %u tokens on %s: %s",
+                                req->prefilled_tokens, dc->opt.worker_id, ds4_status_str(rs));
+            return;
+        }
     }
 
     dreq_t *r = ds4_calloc(1, sizeof(*r));
@@ -274,10 +437,12 @@ static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
     st = ds4_sampler_init(&s->sampler, &sampling, n_vocab, prompt, n);
     if (st != DS4_OK)
         goto fail;
-    st = ds4_seq_create(dc->model, &s->seq);
-    if (st != DS4_OK) {
-        ds4_sampler_free(&s->sampler);
-        goto fail;
+    if (req->prefilled_tokens == 0) {
+        st = ds4_seq_create(dc->model, &s->seq);
+        if (st != DS4_OK) {
+            ds4_sampler_free(&s->sampler);
+            goto fail;
+        }
     }
     s->request_id = req->request_id;
     s->owner = r;
@@ -294,6 +459,8 @@ static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
     r->call = call;
     r->bseq = s;
     r->t0_ns = ds4_clock_now_ns();
+    r->prefilled = req->prefilled_tokens;
+    r->waiting_kv = req->prefilled_tokens > 0;
     r->next = dc->reqs;
     if (dc->reqs != NULL)
         dc->reqs->prev = r;
@@ -305,10 +472,20 @@ static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
     Ds4__Worker__V1__KvTarget target = DS4__WORKER__V1__KV_TARGET__INIT;
     ev.event_case = DS4__WORKER__V1__RESERVE_EVENT__EVENT_TARGET;
     ev.target = &target;
+    target.blob.data = blob;
+    target.blob.len = blob_len;
     ds4_rpc_call_send(call, &ev.base);
-    ds4_batcher_submit(dc->batcher, s);
+    ds4_free(blob);
+    if (!r->waiting_kv) {
+        r->submitted = true;
+        ds4_batcher_submit(dc->batcher, s);
+    }
     return;
 fail:
+    if (blob != NULL) {
+        ds4_free(blob);
+        ds4_xfer_release(dc->xfer, req->request_id);
+    }
     ds4_free(r);
     ds4_free(s);
     ds4_free(prompt);
@@ -336,6 +513,15 @@ static void fill_load(decode_t *dc, Ds4__Worker__V1__Load *load)
     load->running = active;
     load->queued = dc->n_reqs > active ? (uint32_t)(dc->n_reqs - active) : 0;
     load->draining = dc->draining;
+    if (dc->xfer != NULL) {
+        ds4_kv_pool_stats_t ps;
+        ds4_kv_pool_stats(ds4_xfer_pool(dc->xfer), &ps);
+        uint64_t total = 0;
+        for (int k = 0; k < DS4_KV_N_KINDS; k++)
+            total += ps.total_blocks[k];
+        load->kv_blocks_used = ps.used_blocks_all;
+        load->kv_blocks_free = total - ps.used_blocks_all;
+    }
 }
 
 static void link_load(void *arg, void *load)
@@ -390,6 +576,16 @@ static void hook_stop(void *arg)
      * end the calls and free the requests. */
     ds4_batcher_destroy(dc->batcher);
     dc->batcher = NULL;
+    /* Requests still waiting for KV: the xfer engine fails them (SHUTDOWN) as it goes. */
+    for (dreq_t *r = dc->reqs, *next; r != NULL; r = next) {
+        next = r->next;
+        if (!r->submitted)
+            fail_unsubmitted(r, DS4_RPC_UNAVAILABLE, "decode worker stopping");
+    }
+    uv_timer_stop(&dc->kv_timer);
+    uv_close((uv_handle_t *)&dc->kv_timer, NULL);
+    ds4_xfer_destroy(dc->xfer);
+    dc->xfer = NULL;
     ds4_router_link_destroy(dc->link);
     dc->link = NULL;
 }
@@ -413,8 +609,10 @@ static void hook_metrics(void *arg)
     ds4_series_set(dc->m_running, active);
     ds4_series_set(dc->m_queue, dc->n_reqs > active ? (double)(dc->n_reqs - active) : 0);
     ds4_series_set(dc->m_max_batch, ds4_batcher_max_batch_seen(dc->batcher));
-    ds4_series_set(dc->m_kv_used, 0);
-    ds4_series_set(dc->m_kv_free, 0);
+    Ds4__Worker__V1__Load load = DS4__WORKER__V1__LOAD__INIT;
+    fill_load(dc, &load);
+    ds4_series_set(dc->m_kv_used, (double)load.kv_blocks_used);
+    ds4_series_set(dc->m_kv_free, (double)load.kv_blocks_free);
 }
 
 static void make_metrics(decode_t *dc)
@@ -442,6 +640,12 @@ static void make_metrics(decode_t *dc)
     const char *used[] = {"used"}, *free_[] = {"free"};
     dc->m_kv_used = ds4_metric_series(kv, used);
     dc->m_kv_free = ds4_metric_series(kv, free_);
+    dc->m_xfer_bytes = ds4_metric_default(ds4_metrics_counter(
+        m, "ds4_kv_transfer_bytes_total", "KV bytes received and imported.", NULL));
+    dc->m_xfer_seconds = ds4_metric_default(ds4_metrics_histogram(
+        m, "ds4_kv_transfer_seconds", "Reserve to verified KV.", NULL, lb, nlb));
+    dc->m_import_seconds = ds4_metric_default(ds4_metrics_histogram(
+        m, "ds4_kv_import_seconds", "Pool rows to engine sequence.", NULL, lb, nlb));
     dc->m_errors = ds4_metrics_counter(m, "ds4_errors_total", "Errors by kind.", "kind");
     dc->m_finished = ds4_metrics_counter(m, "ds4_finished_total", "Sequences by finish.",
                                          "reason");
@@ -459,6 +663,7 @@ int main(int argc, char **argv)
         .model_name = "ds4-tiny",
         .log_level = "info",
         .max_sequences = 64,
+        .xfer_listen = "127.0.0.1:0",
         .max_batch = 64,
         .chunk_tokens = 512,
         .drain_timeout_ms = 30000,
@@ -482,6 +687,13 @@ int main(int argc, char **argv)
          "context limit (0: the model's max_position_embeddings)"},
         {"drain-timeout-ms", DS4_OPT_U32, &dc.opt.drain_timeout_ms,
          "SIGTERM: wait this long for sequences to finish"},
+        {"xfer-listen", DS4_OPT_STR, &dc.opt.xfer_listen, "KV transfer (UCX) listen address"},
+        {"kv-seqs", DS4_OPT_U32, &dc.opt.kv_seqs,
+         "sequences of kv-tokens the KV pool holds at once (0: max-sequences)"},
+        {"kv-tokens", DS4_OPT_U32, &dc.opt.kv_tokens,
+         "tokens per sequence the KV pool is sized for (0: max-context)"},
+        {"refuse-tcp-only", DS4_OPT_BOOL, &dc.opt.refuse_tcp_only,
+         "refuse KV pushes over TCP-only links"},
     };
     ds4_diag_t diag;
     ds4_diag_init(&diag);
@@ -518,6 +730,14 @@ int main(int argc, char **argv)
     if (dc.opt.max_context == 0 || dc.opt.max_context > dc.cfg->max_position_embeddings)
         dc.opt.max_context = (uint32_t)DS4_MIN(dc.cfg->max_position_embeddings,
                                                (int64_t)UINT32_MAX);
+
+    if (ds4_kv_manifest_create(dc.cfg, &dc.manifest) != DS4_OK) {
+        ds4_log_error("ds4-decode: cannot build the KV manifest");
+        goto out_model;
+    }
+    uint64_t dg = ds4_kv_manifest_digest(dc.manifest);
+    for (int i = 0; i < 8; i++)
+        dc.digest[i] = (uint8_t)(dg >> (8 * i));
 
     ds4_daemon_params_t dp = ds4_daemon_params_default();
     dp.name = "ds4-decode";
@@ -561,6 +781,28 @@ int main(int argc, char **argv)
     };
     if (ds4_batcher_create(ds4_daemon_loop(dc.daemon), &bp, &dc.batcher) != DS4_OK)
         goto out_daemon;
+    ds4_kv_pool_params_t pp = ds4_kv_pool_params_default(dc.manifest);
+    if (ds4_kv_pool_params_for_tokens(&pp, dc.opt.kv_tokens != 0 ? dc.opt.kv_tokens
+                                                                 : dc.opt.max_context,
+                                      dc.opt.kv_seqs != 0 ? dc.opt.kv_seqs
+                                                          : dc.opt.max_sequences) != DS4_OK) {
+        ds4_log_error("ds4-decode: bad KV pool size");
+        goto out_batcher;
+    }
+    ds4_xfer_params_t xp = ds4_xfer_params_default();
+    xp.manifest = dc.manifest;
+    xp.listen_addr = dc.opt.xfer_listen;
+    xp.pool = &pp;
+    xp.refuse_tcp_only = dc.opt.refuse_tcp_only;
+    xp.recv_cb = on_kv;
+    xp.cb_arg = &dc;
+    if (ds4_xfer_create(ds4_daemon_loop(dc.daemon), &xp, &dc.xfer) != DS4_OK) {
+        ds4_log_error("ds4-decode: cannot start the KV transfer engine on %s",
+                      dc.opt.xfer_listen);
+        goto out_batcher;
+    }
+    uv_timer_init(ds4_daemon_loop(dc.daemon), &dc.kv_timer);
+    dc.kv_timer.data = &dc;
 
     char advertise[300];
     char host[256];
@@ -584,6 +826,12 @@ int main(int argc, char **argv)
     lp.max_sequences = dc.opt.max_sequences;
     lp.max_context = dc.opt.max_context;
     lp.vocab_size = (uint32_t)dc.cfg->vocab_size;
+    lp.manifest_digest = dc.digest;
+    lp.manifest_digest_len = sizeof(dc.digest);
+    ds4_kv_pool_stats_t pstats;
+    ds4_kv_pool_stats(ds4_xfer_pool(dc.xfer), &pstats);
+    for (int k = 0; k < DS4_KV_N_KINDS; k++)
+        lp.kv_blocks_total += pstats.total_blocks[k];
     lp.load_cb = link_load;
     lp.arg = &dc;
     if (ds4_daemon_start(dc.daemon) != DS4_OK)
@@ -598,9 +846,14 @@ int main(int argc, char **argv)
 out_batcher:
     if (dc.batcher != NULL)
         ds4_batcher_destroy(dc.batcher);
+    if (dc.xfer != NULL) {
+        uv_close((uv_handle_t *)&dc.kv_timer, NULL);
+        ds4_xfer_destroy(dc.xfer);
+    }
 out_daemon:
     ds4_daemon_destroy(dc.daemon);
 out_model:
+    ds4_kv_manifest_destroy(dc.manifest);
     ds4_model_free(dc.model);
 out_opts:
     ds4_diag_free(&diag);
