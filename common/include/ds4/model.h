@@ -86,6 +86,9 @@ typedef struct ds4_step_hooks {
 
 enum {
     DS4_STEP_ALL_LOGITS = 1u << 0, /* logits for every new position, not only the last */
+    DS4_STEP_MTP = 1u << 1,        /* keep the MTP layer's window in sync (speculative decoding):
+                                      runs the MTP block on the positions whose next token is
+                                      now known, so that its state reaches pos - 1 */
 };
 
 /* One sequence's part of a step. */
@@ -119,6 +122,27 @@ ds4_status_t ds4_model_mtp_step(ds4_model_h model, ds4_seq_h seq, int32_t next_t
 ds4_status_t ds4_model_mtp_forward(ds4_model_h model, ds4_seq_h seq, int64_t pos0, int n,
                                    const float *streams, const int32_t *next_tokens,
                                    float *logits);
+
+/* ---- greedy generation, optionally with MTP speculative decoding ---- */
+
+typedef struct ds4_spec_stats {
+    int64_t drafted;     /* MTP draft tokens proposed */
+    int64_t accepted;    /* drafts confirmed by the main model */
+    int64_t main_steps;  /* main-model step calls */
+} ds4_spec_stats_t;
+
+/*
+ * Generates n_tokens greedy tokens continuing `seq`, whose last step produced `last_logits`
+ * (vocab floats). With `speculative`, each step drafts one token with the MTP block and verifies
+ * it with the main model in a 2-token step (rejected drafts are rolled back from a state
+ * checkpoint); the output is identical to plain greedy decoding because every emitted token is
+ * the argmax of main-model logits, which do not depend on chunking. Speculative mode needs the
+ * MTP state in sync (steps run with DS4_STEP_MTP since position 0). The last emitted token is
+ * not fed to the sequence.
+ */
+ds4_status_t ds4_model_generate_greedy(ds4_model_h model, ds4_seq_h seq, const float *last_logits,
+                                       int n_tokens, bool speculative, int32_t *out,
+                                       ds4_spec_stats_t *stats);
 
 /* ---- state export / import (KV wire format, see above) ---- */
 

@@ -117,6 +117,26 @@ static ds4_status_t seq_forward(ds4_model_h m, ds4_step_item_t *it, const ds4_st
         if (hooks != NULL && hooks->layer_done != NULL)
             hooks->layer_done(hooks->arg, s, l, p0, (int)T, X);
     }
+    if ((it->flags & DS4_STEP_MTP) != 0 && c->n_mtp_layers > 0) {
+        /* MTP positions q in [max(mtp_pos, p0 - 1), p0 + T - 2]: streams X_q, token q + 1 */
+        int64_t q0 = s->mtp_pos > p0 - 1 ? s->mtp_pos : p0 - 1;
+        int64_t nq = p0 + T - 1 - q0;
+        if (q0 == s->mtp_pos && nq > 0) {
+            float *Xs = ds4_malloc_array((size_t)(nq * hc * d), sizeof(float));
+            if (Xs == NULL) {
+                st = DS4_ERR_NO_MEMORY;
+                goto out;
+            }
+            for (int64_t q = q0; q < q0 + nq; q++) {
+                const float *src = q == p0 - 1 ? s->last_streams : X + (q - p0) * hc * d;
+                memcpy(Xs + (q - q0) * hc * d, src, sizeof(float) * (size_t)(hc * d));
+            }
+            st = ds4_model_mtp_forward(m, s, q0, (int)nq, Xs, it->tokens + (q0 + 1 - p0), NULL);
+            ds4_free(Xs);
+            if (st != DS4_OK)
+                goto out;
+        }
+    }
     memcpy(s->last_streams, X + (T - 1) * hc * d, sizeof(float) * (size_t)(hc * d));
     if (it->logits != NULL) {
         bool all = (it->flags & DS4_STEP_ALL_LOGITS) != 0;
