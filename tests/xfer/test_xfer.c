@@ -161,6 +161,12 @@ static void child_kill(child_t *c)
     c->in_fd = c->out_fd = -1;
 }
 
+/* The child ended on its own with exit status 0 (ASan/UBSan reports make it non-zero). */
+static bool child_clean_exit(const child_t *c)
+{
+    return c->exited && WIFEXITED(c->status) && WEXITSTATUS(c->status) == 0;
+}
+
 static void child_send(child_t *c, const char *line)
 {
     size_t n = strlen(line);
@@ -342,6 +348,7 @@ static void test_pro_128k_every_byte(void)
     DS4_CHECK(run_until(recv_count_at_least, &want, kids, 1, 60000));
     double dt = ds4_clock_now_s() - t0;
     DS4_CHECK(run_until(child_exited, &pre, kids, 1, 20000));
+    DS4_CHECK(child_clean_exit(&pre));
     DS4_CHECK_STATUS(rs.st[0], DS4_OK);
     DS4_CHECK_STR_CONTAINS(pre.buf, "sent 1 DS4_OK");
     DS4_CHECK_STATUS(ds4_xfer_acquire(x, 1, &t), DS4_OK);
@@ -386,6 +393,7 @@ static void test_corrupt_byte_detected(void)
     child_t *kids[1] = {&pre};
     DS4_CHECK(run_until(recv_count_at_least, &want, kids, 1, 30000));
     DS4_CHECK(run_until(child_exited, &pre, kids, 1, 20000));
+    DS4_CHECK(child_clean_exit(&pre));
     int i10 = recv_index(10), i11 = recv_index(11);
     DS4_CHECK(i10 >= 0 && i11 >= 0);
     if (i10 >= 0 && i11 >= 0) {
@@ -416,6 +424,7 @@ static void test_corrupt_byte_detected(void)
     want = 3;
     DS4_CHECK(run_until(recv_count_at_least, &want, kids, 1, 30000));
     DS4_CHECK(run_until(child_exited, &pre, kids, 1, 20000));
+    DS4_CHECK(child_clean_exit(&pre));
     DS4_CHECK_STATUS(rs.st[2], DS4_OK);
     DS4_CHECK_STATUS(ds4_xfer_release(x, 12), DS4_OK);
     DS4_CHECK_EQ_INT(pool_used(x), 0);
@@ -608,6 +617,7 @@ static void test_decode_restart_fenced(void)
     DS4_CHECK(wait_output(&d2, "stats 0 0 0", 5000));
     child_send(&d2, "quit\n");
     DS4_CHECK(run_until(child_exited, &d2, kids, 1, 5000));
+    DS4_CHECK(child_clean_exit(&d2));
     child_kill(&d2);
     unlink(t1);
     unlink(t2);
@@ -815,6 +825,7 @@ static void test_fifty_concurrent(void)
     DS4_CHECK_EQ_INT(pool_used(x), 0);
     DS4_CHECK(run_until(child_exited, &p0, kids, 2, 10000));
     DS4_CHECK(run_until(child_exited, &p1, kids, 2, 10000));
+    DS4_CHECK(child_clean_exit(&p0) && child_clean_exit(&p1));
     int sent_ok = 0;
     for (const char *p = p0.buf; (p = strstr(p, " DS4_OK ")) != NULL; p++)
         sent_ok++;

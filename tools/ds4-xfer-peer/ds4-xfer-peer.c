@@ -2,6 +2,7 @@
  * ds4-xfer-peer - a standalone KV transfer peer for the multi-process tests and benchmark.
  *
  *   ds4-xfer-peer decode  --config C --listen HOST:PORT --tokens N --seqs S [--refuse-tcp-only]
+ *                         [--no-check]  (benchmarks: CRC verification only, no byte compare)
  *       Owns a KV pool for S sequences of N tokens. Prints "ready <addr> <incarnation>", then
  *       reads commands on stdin (one per line) and answers on stdout:
  *         reserve <id> <n_tokens> <deadline_ms> <file>  -> "reserved <id>" | "error <id> <ST>"
@@ -52,6 +53,7 @@ typedef struct opts {
     uint32_t layer_delay_us;
     uint32_t deadline_ms;
     bool refuse_tcp_only;
+    bool no_check;
     bool corrupt;
     uint64_t corrupt_id;
     uint32_t corrupt_group;
@@ -104,6 +106,10 @@ static bool parse_args(int argc, char **argv, opts_t *o)
             o->refuse_tcp_only = true;
             continue;
         }
+        if (strcmp(a, "--no-check") == 0) {
+            o->no_check = true;
+            continue;
+        }
         if (v == NULL)
             return false;
         i++;
@@ -154,13 +160,14 @@ static bool load_manifest(const char *path)
 /* ------------------------------------------------------------------------ decode */
 
 static uv_pipe_t stdin_pipe;
+static bool no_check;
 static char line_buf[4096];
 static size_t line_len;
 
 static void on_recv_done(void *arg, uint64_t id, ds4_status_t st, const char *msg)
 {
     const char *check = "-";
-    if (st == DS4_OK) {
+    if (st == DS4_OK && !no_check) {
         const ds4_kv_block_table_h *t = NULL;
         uint64_t bad = 0;
         if (ds4_xfer_acquire(xfer, id, &t) != DS4_OK)
@@ -246,6 +253,7 @@ static int run_decode(const opts_t *o)
 {
     if (o->listen == NULL || o->tokens == 0)
         return usage();
+    no_check = o->no_check;
     ds4_kv_pool_params_t pp = ds4_kv_pool_params_default(manifest);
     if (ds4_kv_pool_params_for_tokens(&pp, o->tokens, o->seqs) != DS4_OK)
         return usage();

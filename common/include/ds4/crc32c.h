@@ -21,6 +21,13 @@ extern "C" {
 #endif
 
 uint32_t ds4_crc32c(uint32_t crc, const void *buf, size_t len);
+/*
+ * Copies `len` bytes from `src` to `dst` (non-overlapping) and returns the CRC continued over
+ * them, in one pass over the data: the sender's path into a peer's directly mapped memory.
+ * Large copies use non-temporal stores (the destination is read by another process, not by
+ * this core); the stores are fenced before returning.
+ */
+uint32_t ds4_crc32c_copy(uint32_t crc, void *dst, const void *src, size_t len);
 /* The portable table-driven path (always available; for tests and CPUs without SSE4.2). */
 uint32_t ds4_crc32c_sw(uint32_t crc, const void *buf, size_t len);
 /* True when ds4_crc32c uses the hardware instruction. */

@@ -114,11 +114,16 @@ typedef struct ds4_xfer_transport_ops {
     /* `cb` fires once every put issued before on `conn` is complete at the remote side. */
     ds4_status_t (*flush)(ds4_xfer_tp_t *tp, ds4_xfer_tp_conn_t *conn, ds4_xfer_tp_done_cb cb,
                           void *arg);
+    /* Optional (may be NULL): a local pointer to the peer's `remote_addr` when the region is
+     * mapped into this process (shared memory), so the sender copies and checksums in one
+     * pass; DS4_ERR_UNSUPPORTED when the link cannot (TCP, RDMA) and put() must be used. */
+    ds4_status_t (*rkey_ptr)(ds4_xfer_tp_t *tp, ds4_xfer_tp_rkey_t *rkey, uint64_t remote_addr,
+                             void **local);
 } ds4_xfer_transport_ops_t;
 
 /* The UCX (ucp) implementation: sockaddr listener + endpoints, ucp_mem_map'd regions with
- * rkeys, ucp_put_nbx, active messages, worker event fd polled by libuv. Transports follow
- * UCX_TLS (shared memory and TCP on loopback here). */
+ * rkeys, ucp_put_nbx (ucp_rkey_ptr on shared memory), active messages, worker event fd polled
+ * by libuv. Transports follow UCX_TLS (shared memory and TCP on loopback here). */
 const ds4_xfer_transport_ops_t *ds4_xfer_ucx_ops(void);
 
 /* ------------------------------------------------------------------------ the engine */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #if defined(__x86_64__)
+#include <emmintrin.h>
 #include <nmmintrin.h>
 #endif
 
@@ -153,6 +154,77 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw_raw(uint32_t state,
     return state;
 }
 #endif
+
+#if defined(__x86_64__)
+/* Three interleaved CRC streams over chunk-sized thirds, each loaded word also stored to the
+ * destination (movnti: no read-for-ownership of the destination lines). */
+__attribute__((target("sse4.2"))) static uint32_t crc_hw_copy_streams(
+    uint32_t state, unsigned char **dd, const unsigned char **pp, size_t *plen, size_t chunk,
+    const uint32_t shift[4][256])
+{
+    const unsigned char *p = *pp;
+    unsigned char *d = *dd;
+    size_t len = *plen;
+    uint64_t c0 = state;
+    while (len >= 3 * chunk) {
+        uint64_t c1 = 0, c2 = 0;
+        const unsigned char *end = p + chunk;
+        do {
+            uint64_t a, b, c;
+            memcpy(&a, p, 8);
+            memcpy(&b, p + chunk, 8);
+            memcpy(&c, p + 2 * chunk, 8);
+            _mm_stream_si64((long long *)(void *)d, (long long)a);
+            _mm_stream_si64((long long *)(void *)(d + chunk), (long long)b);
+            _mm_stream_si64((long long *)(void *)(d + 2 * chunk), (long long)c);
+            c0 = _mm_crc32_u64(c0, a);
+            c1 = _mm_crc32_u64(c1, b);
+            c2 = _mm_crc32_u64(c2, c);
+            p += 8;
+            d += 8;
+        } while (p < end);
+        c0 = crc_shift(shift, (uint32_t)c0) ^ (uint32_t)c1;
+        c0 = crc_shift(shift, (uint32_t)c0) ^ (uint32_t)c2;
+        p += 2 * chunk;
+        d += 2 * chunk;
+        len -= 3 * chunk;
+    }
+    *pp = p;
+    *dd = d;
+    *plen = len;
+    return (uint32_t)c0;
+}
+
+__attribute__((target("sse4.2"))) static uint32_t crc_hw_copy_raw(uint32_t state,
+                                                                    unsigned char *d,
+                                                                    const unsigned char *p,
+                                                                    size_t len)
+{
+    /* align the destination for the 8-byte non-temporal stores */
+    size_t head = (8u - ((uintptr_t)d & 7u)) & 7u;
+    head = head < len ? head : len;
+    memcpy(d, p, head);
+    state = crc_hw_raw(state, p, head);
+    d += head;
+    p += head;
+    len -= head;
+    state = crc_hw_copy_streams(state, &d, &p, &len, CRC32C_LONG, crc_shift_long);
+    _mm_sfence();
+    memcpy(d, p, len);
+    return crc_hw_raw(state, p, len);
+}
+#endif
+
+uint32_t ds4_crc32c_copy(uint32_t crc, void *dst, const void *src, size_t len)
+{
+    pthread_once(&crc_once, crc_init);
+#if defined(__x86_64__)
+    if (crc_hw)
+        return ~crc_hw_copy_raw(~crc, dst, src, len);
+#endif
+    memcpy(dst, src, len);
+    return ~crc_sw_raw(~crc, src, len);
+}
 
 uint32_t ds4_crc32c(uint32_t crc, const void *buf, size_t len)
 {

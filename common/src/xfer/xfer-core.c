@@ -81,6 +81,13 @@ static void conn_free(ds4_xfer_h *x, xfer_conn_t *c)
     ds4__xfer_conn_close(x, c);
     if (c->scratch_rkey != NULL && !x->destroying) /* at destroy the transport frees rkeys */
         x->ops->rkey_destroy(x->tp, c->scratch_rkey);
+    while (c->rkeys != NULL) {
+        xfer_rkey_cache_t *k = c->rkeys;
+        c->rkeys = k->next;
+        if (!x->destroying)
+            x->ops->rkey_destroy(x->tp, k->rkey);
+        ds4_free(k);
+    }
     ds4_free(c->scratch_src);
     while (c->waiters != NULL) { /* only at destroy: connect callbacks not yet fired */
         xfer_waiter_t *w = c->waiters;

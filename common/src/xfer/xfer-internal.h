@@ -23,6 +23,16 @@ typedef struct xfer_waiter {
     void *arg;
 } xfer_waiter_t;
 
+/* A remote key unpacked once per connection and reused by every transfer that names the same
+ * region: unpacking maps the peer's shared-memory segment, and a fresh mapping would take a
+ * page fault on every page of every transfer. */
+typedef struct xfer_rkey_cache {
+    struct xfer_rkey_cache *next;
+    ds4_xfer_tp_rkey_t *rkey;
+    size_t len;
+    unsigned char buf[];
+} xfer_rkey_cache_t;
+
 typedef struct xfer_conn {
     ds4_xfer_h *x;
     ds4_xfer_tp_conn_t *tc;
@@ -42,6 +52,7 @@ typedef struct xfer_conn {
     bool stats_valid;
     uint64_t bw_bytes;
     struct xfer_waiter *waiters; /* ds4_xfer_connect callers */
+    xfer_rkey_cache_t *rkeys;    /* outgoing: unpacked target rkeys */
     ds4_xfer_link_stats_t stats;
     struct xfer_conn *next;
 } xfer_conn_t;
@@ -64,6 +75,8 @@ typedef struct xfer_resv {
     uint32_t next_seq;
     uint32_t n_verified;
     uint8_t *group_done;
+    uint64_t *rows_checked;      /* per group: rows [0, n) already folded into crc[] */
+    uint32_t *crc;               /* per group: running CRC32C over the checked rows */
     struct xfer_resv *next;
 } xfer_resv_t;
 
@@ -117,6 +130,7 @@ struct ds4_xfer_send {
     uint32_t deadline_ms;
     uint32_t *crc;               /* running CRC32C per group */
     uint64_t *rows_sent;         /* per group */
+    uint64_t *unreported;        /* per group: bytes written since the last PROGRESS */
     uint32_t next_seq;
     uint32_t ops_inflight;       /* flushes we wait for */
     bool begun;                  /* BEGIN sent */

@@ -3,6 +3,7 @@
 
 #include "ds4/alloc.h"
 #include "ds4/clock.h"
+#include "ds4/crc32c.h"
 #include "ds4/log.h"
 
 #include <inttypes.h>
@@ -32,6 +33,8 @@ static void resv_free(ds4_xfer_h *x, xfer_resv_t *r)
     x->n_resvs--;
     ds4_kv_pool_free(x->pool, r->table);
     ds4_free(r->group_done);
+    ds4_free(r->rows_checked);
+    ds4_free(r->crc);
     ds4_free(r);
 }
 
@@ -77,11 +80,12 @@ ds4_status_t ds4_xfer_reserve(ds4_xfer_h *x, uint64_t request_id, uint64_t n_tok
         return DS4_ERR_NO_MEMORY;
     uint32_t n_groups = ds4_kv_manifest_n_groups(x->p.manifest);
     r->group_done = ds4_calloc(n_groups, 1);
-    if (r->group_done == NULL) {
-        ds4_free(r);
-        return DS4_ERR_NO_MEMORY;
-    }
-    ds4_status_t st = ds4_kv_pool_alloc(x->pool, n_tokens, &r->table);
+    r->rows_checked = ds4_calloc(n_groups, sizeof(uint64_t));
+    r->crc = ds4_calloc(n_groups, sizeof(uint32_t));
+    ds4_status_t st = DS4_ERR_NO_MEMORY;
+    if (r->group_done == NULL || r->rows_checked == NULL || r->crc == NULL)
+        goto fail_resv;
+    st = ds4_kv_pool_alloc(x->pool, n_tokens, &r->table);
     if (st != DS4_OK)
         goto fail_resv;
     r->request_id = request_id;
@@ -100,6 +104,8 @@ fail_table:
     ds4_kv_pool_free(x->pool, r->table);
 fail_resv:
     ds4_free(r->group_done);
+    ds4_free(r->rows_checked);
+    ds4_free(r->crc);
     ds4_free(r);
     return st;
 }
@@ -230,6 +236,39 @@ static void on_begin(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, const v
     r->sender_inc = h->sender_inc;
 }
 
+/* Folds rows [rows_checked[g], row_end) of the pool into the group's running CRC. */
+static void resv_check_rows(ds4_xfer_h *x, xfer_resv_t *r, uint32_t g, uint64_t row_end)
+{
+    const ds4_kv_group_t *grp = ds4_kv_manifest_group(x->p.manifest, g);
+    uint64_t row = r->rows_checked[g];
+    while (row < row_end) {
+        uint64_t contig = 0;
+        const void *p = ds4_kv_table_row_ptr(x->pool, r->table, g, row, &contig);
+        DS4_ASSERT(p != NULL && contig > 0);
+        uint64_t n = DS4_MIN(contig, row_end - row);
+        r->crc[g] = ds4_crc32c(r->crc[g], p, (size_t)(n * grp->row_bytes));
+        row += n;
+    }
+    r->rows_checked[g] = row;
+}
+
+static void on_progress(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, const void *msg,
+                        size_t len)
+{
+    xfer_progress_t pm;
+    xfer_resv_t *r = resv_find(x, h->request_id);
+    if (r == NULL || r->state != RESV_RECEIVING || r->conn != c ||
+        r->sender_inc != h->sender_inc || len != sizeof(pm))
+        return; /* a late or foreign hint: the RECORD decides */
+    memcpy(&pm, msg, sizeof(pm));
+    if (pm.group >= ds4_kv_manifest_n_groups(x->p.manifest) || r->group_done[pm.group])
+        return;
+    const ds4_kv_group_t *g = ds4_kv_manifest_group(x->p.manifest, pm.group);
+    if (pm.row_end > ds4_kv_group_rows(g, r->n_tokens) || pm.row_end <= r->rows_checked[pm.group])
+        return;
+    resv_check_rows(x, r, pm.group, pm.row_end);
+}
+
 static void on_record(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, const void *msg,
                       size_t len)
 {
@@ -269,7 +308,8 @@ static void on_record(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, const 
         resv_fail(x, r, DS4_ERR_KV_CORRUPT, why);
         return;
     }
-    uint32_t crc = ds4_kv_table_group_crc(x->pool, r->table, rec.group);
+    resv_check_rows(x, r, rec.group, rows);
+    uint32_t crc = r->crc[rec.group];
     if (crc != rec.crc) {
         snprintf(why, sizeof(why), "%s: crc32c %08x at decode, sender recorded %08x",
                  ds4_kv_group_describe(x->p.manifest, rec.group, name, sizeof(name)), crc,
@@ -278,6 +318,8 @@ static void on_record(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, const 
         return;
     }
     r->group_done[rec.group] = 1;
+    ds4_log_debug("kv recv request %" PRIu64 " verified seq %u group %u", r->request_id, rec.seq,
+                  rec.group);
     if (++r->n_verified < n_groups)
         return;
     r->state = RESV_VERIFIED;
@@ -344,6 +386,9 @@ void ds4__xfer_recv_msg(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, cons
         break;
     case XFER_MSG_RECORD:
         on_record(x, c, h, msg, len);
+        break;
+    case XFER_MSG_PROGRESS:
+        on_progress(x, c, h, msg, len);
         break;
     case XFER_MSG_ABORT:
         on_abort(x, c, h, msg, len, false);

@@ -58,6 +58,7 @@ void ds4__xfer_tx_unref(ds4_xfer_send_h *tx)
     ds4_free(tx->end_queued);
     ds4_free(tx->crc);
     ds4_free(tx->rows_sent);
+    ds4_free(tx->unreported);
     ds4_free(tx->blob);
     ds4_free(tx);
 }
@@ -68,9 +69,7 @@ static void tx_maybe_release(ds4_xfer_send_h *tx)
     ds4_xfer_h *x = tx->x;
     if (tx->state != TX_DONE || tx->ops_inflight > 0 || !tx->lib_ref)
         return;
-    if (tx->rkey != NULL && !x->destroying) /* at destroy the transport frees its rkeys */
-        x->ops->rkey_destroy(x->tp, tx->rkey);
-    tx->rkey = NULL;
+    tx->rkey = NULL; /* owned by the connection's rkey cache */
     tx->conn = NULL;
     for (ds4_xfer_send_h **pp = &x->sends; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == tx) {
@@ -153,6 +152,8 @@ static void tx_finish(ds4_xfer_send_h *tx, ds4_status_t st, const char *msg,
 static void send_record(ds4_xfer_send_h *tx, uint32_t g)
 {
     ds4_xfer_h *x = tx->x;
+    /* rows written through rkey_ptr are plain stores: order them before the record */
+    atomic_thread_fence(memory_order_seq_cst);
     xfer_record_t rec = {
         .seq = tx->next_seq++,
         .group = g,
@@ -161,6 +162,8 @@ static void send_record(ds4_xfer_send_h *tx, uint32_t g)
     };
     ds4_status_t st = ds4__xfer_send_msg(x, tx->conn, XFER_MSG_RECORD, tx->request_id, &rec,
                                          sizeof(rec));
+    ds4_log_debug("kv send request %" PRIu64 " record seq %u group %u", tx->request_id, rec.seq,
+                  g);
     if (st != DS4_OK)
         tx_finish(tx, st, "sending a completion record failed", PEER_NONE);
 }
@@ -501,6 +504,18 @@ void ds4__xfer_send_msg_in(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, c
 
 /* --------------------------------------------------------------------- pushing */
 
+/* Rows written through a mapped pointer are visible once fenced: tell decode, so it checksums
+ * them while they are still in the shared cache (a hint; the RECORD is what is verified). */
+#define PROGRESS_BYTES (1u << 20)
+
+static void send_progress(ds4_xfer_send_h *tx, uint32_t g)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    xfer_progress_t pm = {.group = g, .row_end = tx->rows_sent[g]};
+    tx->unreported[g] = 0;
+    ds4__xfer_send_msg(tx->x, tx->conn, XFER_MSG_PROGRESS, tx->request_id, &pm, sizeof(pm));
+}
+
 static void run_rows(ds4_xfer_h *x, ds4_xfer_send_h *tx, const xfer_op_t *op)
 {
     const ds4_kv_group_t *g = ds4_kv_manifest_group(x->p.manifest, op->group);
@@ -516,37 +531,54 @@ static void run_rows(ds4_xfer_h *x, ds4_xfer_send_h *tx, const xfer_op_t *op)
         }
         uint64_t n = DS4_MIN(contig, left);
         size_t bytes = (size_t)(n * g->row_bytes);
-        tx->crc[op->group] = ds4_crc32c(tx->crc[op->group], src, bytes);
-        const void *from = src;
+        uint64_t raddr = tx->target.hdr.region_addr + off;
         uint64_t gbyte = row * g->row_bytes; /* byte offset within the group */
-        if (x->p.test_corrupt && !tx->corrupted && x->p.test_corrupt_request_id == tx->request_id &&
-            x->p.test_corrupt_group == op->group && x->p.test_corrupt_offset >= gbyte &&
-            x->p.test_corrupt_offset < gbyte + bytes) {
-            xfer_tmp_t *t = ds4_malloc(sizeof(*t) + bytes);
-            if (t == NULL) {
-                tx_finish(tx, DS4_ERR_NO_MEMORY, "test hook copy", PEER_ABORT);
+        bool corrupt_here = x->p.test_corrupt && !tx->corrupted &&
+                            x->p.test_corrupt_request_id == tx->request_id &&
+                            x->p.test_corrupt_group == op->group &&
+                            x->p.test_corrupt_offset >= gbyte &&
+                            x->p.test_corrupt_offset < gbyte + bytes;
+        void *dst = NULL;
+        if (x->ops->rkey_ptr != NULL && x->ops->rkey_ptr(x->tp, tx->rkey, raddr, &dst) == DS4_OK) {
+            /* mapped peer memory: copy and checksum in one pass (fenced inside) */
+            tx->crc[op->group] = ds4_crc32c_copy(tx->crc[op->group], dst, src, bytes);
+            if (corrupt_here) /* the test hook: the byte lands damaged, the CRC is of the source */
+                ((unsigned char *)dst)[x->p.test_corrupt_offset - gbyte] ^= 0x5a;
+        } else {
+            tx->crc[op->group] = ds4_crc32c(tx->crc[op->group], src, bytes);
+            const void *from = src;
+            if (corrupt_here) {
+                xfer_tmp_t *t = ds4_malloc(sizeof(*t) + bytes);
+                if (t == NULL) {
+                    tx_finish(tx, DS4_ERR_NO_MEMORY, "test hook copy", PEER_ABORT);
+                    return;
+                }
+                memcpy(t->data, src, bytes);
+                t->data[x->p.test_corrupt_offset - gbyte] ^= 0x5a;
+                t->next = tx->tmps;
+                tx->tmps = t;
+                from = t->data;
+            }
+            st = x->ops->put(x->tp, tx->conn->tc, from, bytes, raddr, tx->rkey, NULL, NULL);
+            if (st != DS4_OK) {
+                tx_finish(tx, st, "put into decode blocks failed", PEER_ABORT);
                 return;
             }
-            memcpy(t->data, src, bytes);
-            t->data[x->p.test_corrupt_offset - gbyte] ^= 0x5a;
-            t->next = tx->tmps;
-            tx->tmps = t;
+        }
+        if (corrupt_here) {
             tx->corrupted = true;
-            from = t->data;
             ds4_log_info("kv send test hook: corrupting request %" PRIu64 " group %u byte %" PRIu64,
                          tx->request_id, op->group, x->p.test_corrupt_offset);
-        }
-        st = x->ops->put(x->tp, tx->conn->tc, from, bytes, tx->target.hdr.region_addr + off,
-                         tx->rkey, NULL, NULL);
-        if (st != DS4_OK) {
-            tx_finish(tx, st, "put into decode blocks failed", PEER_ABORT);
-            return;
         }
         src += bytes;
         row += n;
         left -= n;
+        tx->rows_sent[op->group] += n;
+        if (dst != NULL && (tx->unreported[op->group] += bytes) >= PROGRESS_BYTES)
+            send_progress(tx, op->group);
     }
-    tx->rows_sent[op->group] += op->n_rows;
+    if (tx->unreported[op->group] > 0)
+        send_progress(tx, op->group);
 }
 
 static void run_active_op(ds4_xfer_h *x, ds4_xfer_send_h *tx, const xfer_op_t *op)
@@ -579,11 +611,26 @@ static void tx_activate(ds4_xfer_h *x, ds4_xfer_send_h *tx)
         tx_finish(tx, DS4_ERR_STALE, why, PEER_NONE);
         return;
     }
-    ds4_status_t st = x->ops->rkey_unpack(x->tp, c->tc, tx->target.rkey, tx->target.hdr.rkey_len,
-                                          &tx->rkey);
-    if (st != DS4_OK) {
-        tx_finish(tx, st, "the target's rkey cannot be unpacked", PEER_NONE);
-        return;
+    ds4_status_t st = DS4_OK;
+    size_t rlen = tx->target.hdr.rkey_len;
+    for (xfer_rkey_cache_t *k = c->rkeys; k != NULL && tx->rkey == NULL; k = k->next) {
+        if (k->len == rlen && memcmp(k->buf, tx->target.rkey, rlen) == 0)
+            tx->rkey = k->rkey;
+    }
+    if (tx->rkey == NULL) {
+        xfer_rkey_cache_t *k = ds4_malloc(sizeof(*k) + rlen);
+        st = k == NULL ? DS4_ERR_NO_MEMORY
+                       : x->ops->rkey_unpack(x->tp, c->tc, tx->target.rkey, rlen, &k->rkey);
+        if (st != DS4_OK) {
+            ds4_free(k);
+            tx_finish(tx, st, "the target's rkey cannot be unpacked", PEER_NONE);
+            return;
+        }
+        k->len = rlen;
+        memcpy(k->buf, tx->target.rkey, rlen);
+        k->next = c->rkeys;
+        c->rkeys = k;
+        tx->rkey = k->rkey;
     }
     xfer_begin_t b = {
         .n_tokens = tx->target.hdr.n_tokens,
@@ -728,8 +775,9 @@ ds4_status_t ds4_xfer_send_start(ds4_xfer_h *x, const void *target, size_t targe
     tx->end_queued = ds4_calloc(n, 1);
     tx->crc = ds4_calloc(n, sizeof(uint32_t));
     tx->rows_sent = ds4_calloc(n, sizeof(uint64_t));
+    tx->unreported = ds4_calloc(n, sizeof(uint64_t));
     if (tx->blob == NULL || tx->rows_queued == NULL || tx->end_queued == NULL ||
-        tx->crc == NULL || tx->rows_sent == NULL)
+        tx->crc == NULL || tx->rows_sent == NULL || tx->unreported == NULL)
         goto fail;
     memcpy(tx->blob, target, target_len);
     char why[256] = "";
@@ -763,6 +811,7 @@ fail:
     ds4_free(tx->end_queued);
     ds4_free(tx->crc);
     ds4_free(tx->rows_sent);
+    ds4_free(tx->unreported);
     ds4_free(tx);
     return st;
 }

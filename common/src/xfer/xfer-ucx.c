@@ -921,6 +921,13 @@ static ds4_status_t tp_flush(ds4_xfer_tp_t *tp, ds4_xfer_tp_conn_t *c, ds4_xfer_
     return tp_post(tp, c, true, NULL, 0, 0, NULL, cb, arg);
 }
 
+static ds4_status_t tp_rkey_ptr(ds4_xfer_tp_t *tp, ds4_xfer_tp_rkey_t *k, uint64_t raddr,
+                                void **local)
+{
+    ucs_status_t s = ucp_rkey_ptr(k->rkey, raddr, local);
+    return s == UCS_OK ? DS4_OK : DS4_ERR_UNSUPPORTED;
+}
+
 static const ds4_xfer_transport_ops_t tp_ucx_ops = {
     .name = "ucx",
     .create = tp_create,
@@ -939,6 +946,7 @@ static const ds4_xfer_transport_ops_t tp_ucx_ops = {
     .rkey_destroy = tp_rkey_destroy,
     .put = tp_put,
     .flush = tp_flush,
+    .rkey_ptr = tp_rkey_ptr,
 };
 
 const ds4_xfer_transport_ops_t *ds4_xfer_ucx_ops(void)

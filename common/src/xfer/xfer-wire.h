@@ -22,6 +22,8 @@ typedef enum xfer_msg_type {
     XFER_MSG_RESULT = 7,    /* D->P  every group verified (status OK) */
     XFER_MSG_ABORT = 8,     /* both  the transfer ended with an error; after a flush from P */
     XFER_MSG_ABORT_ACK = 9, /* P->D  the sender stopped writing (flushed) after D's ABORT */
+    XFER_MSG_PROGRESS = 10, /* P->D  rows [0, row_end) of a group are written (lets decode
+                               checksum them while they are still in cache) */
 } xfer_msg_type_t;
 
 typedef struct xfer_hdr {
@@ -75,6 +77,14 @@ typedef struct xfer_record {
     uint32_t reserved;
 } xfer_record_t;
 static_assert(sizeof(xfer_record_t) == 56, "record is a wire format");
+
+typedef struct xfer_progress {
+    xfer_hdr_t hdr;
+    uint32_t group;
+    uint32_t reserved;
+    uint64_t row_end;
+} xfer_progress_t;
+static_assert(sizeof(xfer_progress_t) == 48, "progress is a wire format");
 
 typedef struct xfer_status_msg {
     xfer_hdr_t hdr;
