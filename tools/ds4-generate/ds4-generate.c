@@ -9,11 +9,17 @@
  *       n_decode); GENERATED_JSON a JSON array (or an object with "generated", or a golden
  *       manifest) of the tokens fed at the decode steps; writes OUTDIR/<scenario>_stepNN.bin
  *       (f32 LE logits, one file per forward call, numbered as in the golden manifest).
+ *   ds4-generate --model DIR --prompt "text" [--n 32] [--temperature T --top-p P --seed S]
+ *                [--tokenizer tokenizer.json] [--spec]
+ *       BOS + the V4 tokenizer's ids of the text, then generation; prints the decoded text
+ *       (--spec: greedy with MTP speculative decoding, acceptance rate on stderr).
  */
 #include "ds4/alloc.h"
 #include "ds4/json.h"
 #include "ds4/log.h"
 #include "ds4/model.h"
+#include "ds4/sampling.h"
+#include "ds4/tokenizer.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -93,14 +99,131 @@ static ds4_status_t feed(ds4_model_h m, ds4_seq_h s, const int32_t *tok, int n, 
     return DS4_OK;
 }
 
+/* --prompt "text": BOS + tokenizer ids, generate, print the decoded continuation. */
+static int run_text(ds4_model_h m, ds4_seq_h s, const char *text, const char *tok_path, int n,
+                    int chunk, const ds4_sampling_params_t *sp, int spec)
+{
+    int rc = 1, V = ds4_model_config(m)->vocab_size;
+    ds4_diag_t diag;
+    ds4_diag_init(&diag);
+    ds4_tokenizer_h *tok = NULL;
+    ds4_tok_scratch_h *scr = NULL;
+    ds4_sampler_h smp = NULL;
+    int32_t *ids = NULL, *prompt = NULL, *gen = NULL;
+    size_t n_ids = 0, err_off = 0;
+    char *out_text = NULL;
+    size_t out_len = 0;
+    float *logits = ds4_malloc_array((size_t)V, sizeof(float));
+    ds4_status_t st = tok_path != NULL ? ds4_tokenizer_load(tok_path, &tok, &diag)
+                                       : ds4_tokenizer_load_default(&tok, &diag);
+    if (st != DS4_OK || ds4_tok_scratch_create(tok, &scr) != DS4_OK ||
+        ds4_tokenizer_encode(tok, scr, text, strlen(text), &ids, &n_ids, &err_off, &diag) !=
+            DS4_OK) {
+        char *msg = ds4_diag_join(&diag, "\n  ");
+        fprintf(stderr, "ds4-generate: tokenizer: %s\n  %s\n", ds4_status_str(st),
+                msg != NULL ? msg : "");
+        ds4_free(msg);
+        goto done;
+    }
+    prompt = ds4_malloc_array(n_ids + 1, sizeof(int32_t));
+    gen = ds4_malloc_array((size_t)(n > 0 ? n : 1), sizeof(int32_t));
+    if (prompt == NULL || gen == NULL || logits == NULL)
+        goto done;
+    prompt[0] = ds4_model_config(m)->bos_token_id;
+    memcpy(prompt + 1, ids, n_ids * sizeof(int32_t));
+    int np = (int)n_ids + 1;
+    int step = chunk > 0 ? chunk : np;
+    for (int i = 0; i < np; i += step) {
+        int k = np - i < step ? np - i : step;
+        ds4_step_item_t it = {.seq = s, .tokens = prompt + i, .n_tokens = k,
+                              .logits = i + k == np ? logits : NULL,
+                              .flags = spec ? DS4_STEP_MTP : 0};
+        if ((st = ds4_model_step(m, &it, 1, NULL)) != DS4_OK)
+            goto fail;
+    }
+    if (spec || sp->temperature <= 0.0f) {
+        ds4_spec_stats_t stats;
+        st = ds4_model_generate_greedy(m, s, logits, n, spec != 0, gen, &stats);
+        if (st != DS4_OK)
+            goto fail;
+        if (spec)
+            fprintf(stderr, "mtp: %lld drafts, %lld accepted (%.1f%%)\n",
+                    (long long)stats.drafted, (long long)stats.accepted,
+                    stats.drafted ? 100.0 * (double)stats.accepted / (double)stats.drafted : 0.0);
+    } else {
+        if ((st = ds4_sampler_create(sp, V, &smp)) != DS4_OK)
+            goto fail;
+        for (int i = 0; i < np; i++)
+            ds4_sampler_accept(smp, prompt[i]);
+        for (int i = 0; i < n; i++) {
+            ds4_sample_result_t r;
+            if ((st = ds4_sampler_sample(smp, logits, &r)) != DS4_OK)
+                goto fail;
+            gen[i] = r.token;
+            ds4_sampler_accept(smp, r.token);
+            if (i + 1 == n)
+                break;
+            ds4_step_item_t it = {.seq = s, .tokens = &gen[i], .n_tokens = 1, .logits = logits};
+            if ((st = ds4_model_step(m, &it, 1, NULL)) != DS4_OK)
+                goto fail;
+        }
+    }
+    /* The embedding has 129,280 rows but the tokenizer fewer ids: a random model can emit an
+     * id with no text; those are skipped (counted on stderr). */
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        char *one = NULL;
+        size_t one_len = 0;
+        ds4_diag_t d1;
+        ds4_diag_init(&d1);
+        if (ds4_tokenizer_decode(tok, &gen[i], 1, false, &one, &one_len, &d1) == DS4_OK)
+            gen[kept++] = gen[i];
+        ds4_free(one);
+        ds4_diag_free(&d1);
+    }
+    if (kept < n)
+        fprintf(stderr, "ds4-generate: %d generated ids have no text in the tokenizer\n",
+                n - kept);
+    if (ds4_tokenizer_decode(tok, gen, (size_t)kept, false, &out_text, &out_len, &diag) !=
+        DS4_OK) {
+        char *msg = ds4_diag_join(&diag, "\n  ");
+        fprintf(stderr, "ds4-generate: cannot decode the generated ids:\n  %s\n",
+                msg != NULL ? msg : "");
+        ds4_free(msg);
+        goto done;
+    }
+    printf("%s%.*s\n", text, (int)out_len, out_text);
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "ds4-generate: %s\n", ds4_status_str(st));
+done:
+    ds4_free(out_text);
+    ds4_free(ids);
+    ds4_free(prompt);
+    ds4_free(gen);
+    ds4_free(logits);
+    ds4_sampler_destroy(smp);
+    ds4_tok_scratch_destroy(scr);
+    ds4_tokenizer_destroy(tok);
+    ds4_diag_free(&diag);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *prompt_ids = NULL, *prompt_json = NULL, *scenario = NULL;
-    const char *force = NULL, *dump = NULL;
-    int n_gen = 16, chunk = 0, threads = 0;
+    const char *force = NULL, *dump = NULL, *text = NULL, *tok_path = NULL;
+    int n_gen = 16, chunk = 0, threads = 0, spec = 0;
+    ds4_sampling_params_t sp = ds4_sampling_params_default();
+    sp.temperature = 0.0f;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--spec") == 0) {
+            spec = 1;
+            continue;
+        }
         if (v == NULL) {
             usage();
             return 2;
@@ -123,13 +246,25 @@ int main(int argc, char **argv)
             chunk = atoi(v);
         else if (strcmp(a, "--threads") == 0)
             threads = atoi(v);
+        else if (strcmp(a, "--prompt") == 0)
+            text = v;
+        else if (strcmp(a, "--tokenizer") == 0)
+            tok_path = v;
+        else if (strcmp(a, "--temperature") == 0)
+            sp.temperature = (float)atof(v);
+        else if (strcmp(a, "--top-p") == 0)
+            sp.top_p = (float)atof(v);
+        else if (strcmp(a, "--top-k") == 0)
+            sp.top_k = atoi(v);
+        else if (strcmp(a, "--seed") == 0)
+            sp.seed = strtoull(v, NULL, 10);
         else {
             usage();
             return 2;
         }
         i++;
     }
-    if (model_dir == NULL || (prompt_ids == NULL && prompt_json == NULL)) {
+    if (model_dir == NULL || (prompt_ids == NULL && prompt_json == NULL && text == NULL)) {
         usage();
         return 2;
     }
@@ -212,6 +347,10 @@ int main(int argc, char **argv)
         goto out;
     fail_step:
         fprintf(stderr, "ds4-generate: step %d failed: %s\n", step, ds4_status_str(st));
+        goto out;
+    }
+    if (text != NULL) {
+        rc = run_text(m, s, text, tok_path, n_gen, chunk, &sp, spec);
         goto out;
     }
     /* --prompt-ids */
