@@ -494,18 +494,21 @@ int main(int argc, char **argv)
         return 1;
     uint64_t id = 1;
     double layer_group_bytes = 0;
-    /* The first transfer maps the decode region into this process (one page fault per page,
-     * once per connection); a serving prefill keeps its connections, so the steady state is
-     * what we compare. The cold figure is reported too. */
+    /* The first transfer on a connection may still take page faults on the mapped decode
+     * region (the background prefault started at connect may not have finished); a serving
+     * prefill keeps its connections, so the steady state is compared. Cold is reported too. */
     run_t cold = {.n_tokens = cases[1].tokens, .chunks = 1, .pipelined = false};
     if (!run_transfer(sx, id++, &cold))
         return 1;
     double cold_s = cold.t_done - cold.t_start;
     for (int i = 0; i < 2; i++) {
-        run_t r = {.n_tokens = cases[i].tokens, .chunks = 1, .pipelined = false};
-        if (!run_transfer(sx, id++, &r))
-            return 1;
-        cases[i].shm_s = r.t_done - r.t_start;
+        cases[i].shm_s = 1e30;
+        for (int rep = 0; rep < 3; rep++) { /* best of 3, like the memcpy baseline's best of 2 */
+            run_t r = {.n_tokens = cases[i].tokens, .chunks = 1, .pipelined = false};
+            if (!run_transfer(sx, id++, &r))
+                return 1;
+            cases[i].shm_s = DS4_MIN(cases[i].shm_s, r.t_done - r.t_start);
+        }
     }
 
     /* (c) pipelined vs after-prefill: V4-Pro 128K tokens, 8 chunks of 16K, simulated compute */
@@ -575,8 +578,8 @@ int main(int argc, char **argv)
                cases[i].tokens, cases[i].bytes / 1073741824.0,
                gbps(cases[i].bytes, cases[i].memcpy_s), gbps(cases[i].bytes, cases[i].shm_s),
                cases[i].memcpy_s / cases[i].shm_s);
-    printf("    (first transfer on a new connection, %s cold: %.2f GB/s = %.2fx memcpy; it maps "
-           "the decode region page by page)\n",
+    printf("    (first transfer on a new connection, %s cold: %.2f GB/s = %.2fx memcpy; page "
+           "tables of the mapped decode region may still be filling)\n",
            cases[1].name, gbps(cases[1].bytes, cold_s), cases[1].memcpy_s / cold_s);
     if (!skip_tcp) {
         printf("\n(b) UCX TCP push (until verified) vs raw loopback TCP (write/read, no checks)\n");

@@ -79,8 +79,7 @@ static void conn_free(ds4_xfer_h *x, xfer_conn_t *c)
         }
     }
     ds4__xfer_conn_close(x, c);
-    if (c->scratch_rkey != NULL && !x->destroying) /* at destroy the transport frees rkeys */
-        x->ops->rkey_destroy(x->tp, c->scratch_rkey);
+    /* scratch_rkey lives in the rkey cache */
     while (c->rkeys != NULL) {
         xfer_rkey_cache_t *k = c->rkeys;
         c->rkeys = k->next;

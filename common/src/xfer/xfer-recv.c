@@ -186,6 +186,8 @@ reply:;
         .scratch_addr = st == DS4_OK ? (uint64_t)(uintptr_t)x->region_base + x->scratch_off : 0,
         .scratch_bytes = st == DS4_OK ? (uint32_t)(x->region_bytes - x->scratch_off) : 0,
         .rkey_len = (uint32_t)rk,
+        .region_addr = st == DS4_OK ? (uint64_t)(uintptr_t)x->region_base : 0,
+        .region_bytes = st == DS4_OK ? x->region_bytes : 0,
     };
     memcpy(buf, &w, sizeof(w));
     if (rk > 0)

@@ -8,6 +8,8 @@
 #include "ds4/log.h"
 
 #include <inttypes.h>
+#include <pthread.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -382,6 +384,66 @@ static void preflight_done(ds4_xfer_h *x, xfer_conn_t *c, ds4_status_t st)
     ds4__xfer_send_conn_ready(x, c);
 }
 
+/* The connection's unpacked rkey for these packed bytes (unpacked once, then cached). */
+static ds4_xfer_tp_rkey_t *rkey_get(ds4_xfer_h *x, xfer_conn_t *c, const void *buf, size_t len)
+{
+    for (xfer_rkey_cache_t *k = c->rkeys; k != NULL; k = k->next) {
+        if (k->len == len && memcmp(k->buf, buf, len) == 0)
+            return k->rkey;
+    }
+    xfer_rkey_cache_t *k = ds4_malloc(sizeof(*k) + len);
+    if (k == NULL)
+        return NULL;
+    if (x->ops->rkey_unpack(x->tp, c->tc, buf, len, &k->rkey) != DS4_OK) {
+        ds4_free(k);
+        return NULL;
+    }
+    k->len = len;
+    memcpy(k->buf, buf, len);
+    k->next = c->rkeys;
+    c->rkeys = k;
+    return k->rkey;
+}
+
+typedef struct prefault_job {
+    void *addr;
+    size_t len;
+} prefault_job_t;
+
+static void *prefault_main(void *arg)
+{
+    prefault_job_t *j = arg;
+    /* page tables only, no data change; failure (old kernel, unmapped meanwhile) is harmless */
+    madvise(j->addr, j->len, MADV_POPULATE_WRITE);
+    ds4_free(j);
+    return NULL;
+}
+
+/*
+ * When the decode region is mapped into this process (shared memory), populate its page
+ * tables in the background once per connection: otherwise the first transfer takes a page
+ * fault per 4 KiB page of the destination.
+ */
+static void prefault_region(ds4_xfer_h *x, ds4_xfer_tp_rkey_t *rkey, uint64_t addr, uint64_t len)
+{
+    void *local = NULL;
+    if (len == 0 || x->ops->rkey_ptr == NULL || x->ops->rkey_ptr(x->tp, rkey, addr, &local) != DS4_OK)
+        return;
+    uintptr_t begin = (uintptr_t)local & ~(uintptr_t)4095u;
+    prefault_job_t *j = ds4_malloc(sizeof(*j));
+    if (j == NULL)
+        return;
+    j->addr = (void *)begin;
+    j->len = (size_t)(len + ((uintptr_t)local - begin));
+    pthread_t th;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&th, &attr, prefault_main, j) != 0)
+        ds4_free(j);
+    pthread_attr_destroy(&attr);
+}
+
 static void on_welcome(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, const void *msg,
                        size_t len)
 {
@@ -414,12 +476,14 @@ static void on_welcome(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, const
         conn_refuse(x, c, DS4_ERR_UNSUPPORTED, why);
         return;
     }
-    if (w.rkey_len == 0 || w.scratch_bytes == 0 ||
-        x->ops->rkey_unpack(x->tp, c->tc, (const unsigned char *)msg + sizeof(w), w.rkey_len,
-                            &c->scratch_rkey) != DS4_OK) {
-        conn_refuse(x, c, DS4_ERR_PROTOCOL, "WELCOME carries no usable scratch rkey");
+    c->scratch_rkey = w.rkey_len > 0 && w.scratch_bytes > 0
+                          ? rkey_get(x, c, (const unsigned char *)msg + sizeof(w), w.rkey_len)
+                          : NULL;
+    if (c->scratch_rkey == NULL) {
+        conn_refuse(x, c, DS4_ERR_PROTOCOL, "WELCOME carries no usable region rkey");
         return;
     }
+    prefault_region(x, c->scratch_rkey, w.region_addr, w.region_bytes);
     c->scratch_addr = w.scratch_addr;
     c->scratch_bytes = w.scratch_bytes;
     c->state = CONN_PREFLIGHT;
@@ -611,27 +675,12 @@ static void tx_activate(ds4_xfer_h *x, ds4_xfer_send_h *tx)
         tx_finish(tx, DS4_ERR_STALE, why, PEER_NONE);
         return;
     }
-    ds4_status_t st = DS4_OK;
-    size_t rlen = tx->target.hdr.rkey_len;
-    for (xfer_rkey_cache_t *k = c->rkeys; k != NULL && tx->rkey == NULL; k = k->next) {
-        if (k->len == rlen && memcmp(k->buf, tx->target.rkey, rlen) == 0)
-            tx->rkey = k->rkey;
-    }
+    tx->rkey = rkey_get(x, c, tx->target.rkey, tx->target.hdr.rkey_len);
     if (tx->rkey == NULL) {
-        xfer_rkey_cache_t *k = ds4_malloc(sizeof(*k) + rlen);
-        st = k == NULL ? DS4_ERR_NO_MEMORY
-                       : x->ops->rkey_unpack(x->tp, c->tc, tx->target.rkey, rlen, &k->rkey);
-        if (st != DS4_OK) {
-            ds4_free(k);
-            tx_finish(tx, st, "the target's rkey cannot be unpacked", PEER_NONE);
-            return;
-        }
-        k->len = rlen;
-        memcpy(k->buf, tx->target.rkey, rlen);
-        k->next = c->rkeys;
-        c->rkeys = k;
-        tx->rkey = k->rkey;
+        tx_finish(tx, DS4_ERR_TRANSPORT, "the target's rkey cannot be unpacked", PEER_NONE);
+        return;
     }
+    ds4_status_t st;
     xfer_begin_t b = {
         .n_tokens = tx->target.hdr.n_tokens,
         .manifest_digest = tx->target.hdr.manifest_digest,

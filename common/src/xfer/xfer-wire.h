@@ -47,11 +47,13 @@ typedef struct xfer_welcome {
     xfer_hdr_t hdr;
     int32_t status;        /* ds4_status_t; non-zero: refused, text says why */
     uint32_t text_len;
-    uint64_t scratch_addr; /* preflight region (valid when status == 0) */
+    uint64_t scratch_addr; /* preflight area at the end of the region (valid when status == 0) */
     uint32_t scratch_bytes;
-    uint32_t rkey_len;     /* rkey of the scratch region follows, then the text */
+    uint32_t rkey_len;     /* rkey of the whole region follows, then the text */
+    uint64_t region_addr;  /* the registered region (pool blocks + scratch) */
+    uint64_t region_bytes;
 } xfer_welcome_t;
-static_assert(sizeof(xfer_welcome_t) == 56, "welcome is a wire format");
+static_assert(sizeof(xfer_welcome_t) == 72, "welcome is a wire format");
 
 typedef struct xfer_ping {
     xfer_hdr_t hdr;
