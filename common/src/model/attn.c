@@ -7,7 +7,6 @@
 #include "ds4/log.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #define ATTN_BLOCK 64
@@ -109,65 +108,55 @@ out:
 
 typedef struct idx_job {
     ds4_model_h m;
-    const ds4_layer_w_t *L;
-    int64_t T, p0;
-    const float *iq;     /* [T][nih][ihd] */
+    int64_t q0;          /* first query (chunk row) of this block */
+    int64_t p0;
+    int64_t n_keys;
+    const float *S;      /* [rows of block][nih][n_keys] raw q.k dots */
     const float *w;      /* [T][nih] */
-    const float *keys;   /* [n_keys][ihd] */
     int32_t *sel;        /* [T][topk] */
     int32_t *n_sel;      /* [T] */
 } idx_job_t;
 
-typedef struct scored {
-    float s;
-    int32_t g;
-} scored_t;
-
-static int scored_cmp(const void *pa, const void *pb)
-{
-    const scored_t *a = pa, *b = pb;
-    if (a->s > b->s)
-        return -1;
-    if (a->s < b->s)
-        return 1;
-    return a->g < b->g ? -1 : (a->g > b->g ? 1 : 0);
-}
-
+/* Scores of one query row: score[g] = bf16(sum_h bf16(relu(bf16(q_h.k_g)) * w_h)); keeps the
+ * top-k by (score desc, g asc) with an insertion list (ties never displace a lower g). */
 static void idx_rows(void *arg, size_t begin, size_t end, int thread_index)
 {
     idx_job_t *j = arg;
     const ds4_model_config_t *c = &j->m->cfg;
-    int nih = c->index_n_heads, ihd = c->index_head_dim, topk = c->index_topk;
-    int64_t nv_max = (j->p0 + j->T) / 4;
-    scored_t *sc = ds4_malloc_array((size_t)(nv_max > 0 ? nv_max : 1), sizeof(scored_t));
-    DS4_ASSERT(sc != NULL);
-    for (size_t t = begin; t < end; t++) {
-        int64_t p = j->p0 + (int64_t)t;
+    int nih = c->index_n_heads, topk = c->index_topk;
+    float *best = ds4_malloc_array((size_t)topk, sizeof(float));
+    DS4_ASSERT(best != NULL);
+    for (size_t r = begin; r < end; r++) {
+        int64_t t = j->q0 + (int64_t)r;
+        int64_t p = j->p0 + t;
         int64_t nv = (p + 1) / 4;
-        const float *q = j->iq + (int64_t)t * nih * ihd;
-        const float *w = j->w + (int64_t)t * nih;
+        const float *S = j->S + (int64_t)r * nih * j->n_keys;
+        const float *w = j->w + t * nih;
+        int32_t *sel = j->sel + t * topk;
+        int k = 0;
         for (int64_t g = 0; g < nv; g++) {
-            const float *k = j->keys + g * ihd;
             float acc = 0.0f;
             for (int h = 0; h < nih; h++) {
-                float d = 0.0f;
-                for (int i = 0; i < ihd; i++)
-                    d += q[h * ihd + i] * k[i];
-                d = ds4_round_bf16(d);
+                float d = ds4_round_bf16(S[(int64_t)h * j->n_keys + g]);
                 if (d < 0.0f)
                     d = 0.0f;
                 acc += ds4_round_bf16(d * w[h]);
             }
-            sc[g].s = ds4_round_bf16(acc);
-            sc[g].g = (int32_t)g;
+            float sc = ds4_round_bf16(acc);
+            if (k == topk && !(sc > best[topk - 1]))
+                continue;
+            int pos = k < topk ? k++ : topk - 1;
+            while (pos > 0 && sc > best[pos - 1]) {
+                best[pos] = best[pos - 1];
+                sel[pos] = sel[pos - 1];
+                pos--;
+            }
+            best[pos] = sc;
+            sel[pos] = (int32_t)g;
         }
-        qsort(sc, (size_t)nv, sizeof(*sc), scored_cmp);
-        int k = (int)(nv < topk ? nv : topk);
-        for (int i = 0; i < k; i++)
-            j->sel[(int64_t)t * topk + i] = sc[i].g;
         j->n_sel[t] = k;
     }
-    ds4_free(sc);
+    ds4_free(best);
 }
 
 static ds4_status_t indexer_run(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L,
@@ -180,7 +169,7 @@ static ds4_status_t indexer_run(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t 
     ds4_status_t st = DS4_OK;
     float *iq = ds4_malloc_array((size_t)(T * nih * ihd), sizeof(float));
     float *w = ds4_malloc_array((size_t)(T * nih), sizeof(float));
-    float *keys = NULL;
+    float *keys = NULL, *S = NULL;
     if (iq == NULL || w == NULL) {
         st = DS4_ERR_NO_MEMORY;
         goto out;
@@ -209,13 +198,31 @@ static ds4_status_t indexer_run(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t 
     }
     for (int64_t g = 0; g < n_keys; g++)
         ds4__index_row_decode(c, ls->idx + g * m->index_row_bytes, keys + g * ihd);
-    idx_job_t job = {.m = m, .L = L, .T = T, .p0 = p0, .iq = iq, .w = w, .keys = keys,
-                     .sel = sel, .n_sel = n_sel};
-    m->ops->parallel_for(m->be, (size_t)T, idx_rows, &job);
+    if (n_keys == 0) {
+        for (int64_t t = 0; t < T; t++)
+            n_sel[t] = 0;
+        goto out;
+    }
+    /* q.k for a block of queries against every key with one GEMM: FP4 x FP4 products summed
+     * over index_head_dim are exact in fp32, so the summation order does not matter. */
+    const int64_t QB = 64;
+    S = ds4_malloc_array((size_t)(QB * nih * n_keys), sizeof(float));
+    if (S == NULL) {
+        st = DS4_ERR_NO_MEMORY;
+        goto out;
+    }
+    for (int64_t q0 = 0; q0 < T; q0 += QB) {
+        int64_t nq = T - q0 < QB ? T - q0 : QB;
+        m->ops->gemm_f32(m->be, nq * nih, n_keys, ihd, iq + q0 * nih * ihd, keys, S);
+        idx_job_t job = {.m = m, .q0 = q0, .p0 = p0, .n_keys = n_keys, .S = S, .w = w,
+                         .sel = sel, .n_sel = n_sel};
+        m->ops->parallel_for(m->be, (size_t)nq, idx_rows, &job);
+    }
 out:
     ds4_free(iq);
     ds4_free(w);
     ds4_free(keys);
+    ds4_free(S);
     return st;
 }
 
