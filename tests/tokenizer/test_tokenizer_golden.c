@@ -1,7 +1,9 @@
 /*
- * test_tokenizer_golden - the public golden corpus (ids from the Hugging Face Rust library):
- * encode must give identical ids, decode must give back the text, and the streaming
- * detokenizer fed one id at a time must give the same text in valid-UTF-8 chunks.
+ * test_tokenizer_golden - reference corpora with ids from the Hugging Face Rust library: the
+ * public golden corpus (encode-public.jsonl) and a differential corpus of random Unicode text
+ * (hf-differential.jsonl: characters new in Unicode 15/16, long whitespace runs, added-token
+ * fragments). Encode must give identical ids, decode must give back the text, and the
+ * streaming detokenizer fed one id at a time must give the same text in valid-UTF-8 chunks.
  */
 #include "test.h"
 #include "tok-test-util.h"
@@ -124,13 +126,18 @@ int main(void)
         return 1;
     }
     ds4_diag_free(&diag);
-    g_rows = tok_test_read_jsonl(ds4_test_fixture("tokenizer/encode-public.jsonl"));
-    if (g_rows == NULL)
-        return 1;
-    DS4_RUN(test_encode_matches_reference);
-    DS4_RUN(test_decode_gives_text);
-    DS4_RUN(test_stream_matches_decode);
-    json_decref(g_rows);
+    static const char *const corpora[] = {"tokenizer/encode-public.jsonl",
+                                          "tokenizer/hf-differential.jsonl"};
+    for (size_t k = 0; k < DS4_ARRAY_LEN(corpora); k++) {
+        fprintf(stderr, "corpus %s\n", corpora[k]);
+        g_rows = tok_test_read_jsonl(ds4_test_fixture(corpora[k]));
+        if (g_rows == NULL)
+            return 1;
+        DS4_RUN(test_encode_matches_reference);
+        DS4_RUN(test_decode_gives_text);
+        DS4_RUN(test_stream_matches_decode);
+        json_decref(g_rows);
+    }
     ds4_tokenizer_destroy(g_tok);
     return ds4_test_finish();
 }

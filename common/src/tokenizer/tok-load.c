@@ -4,6 +4,7 @@
  */
 #include "tok-internal.h"
 #include "tok-json-scan.h"
+#include "tok-unicode-delta.h"
 
 #include "ds4/alloc.h"
 #include "ds4/json.h"
@@ -262,6 +263,55 @@ static char *translate_regex(load_ctx_t *c, const char *path, const char *re)
             case 'h': outside = "[0-9a-fA-F]"; inside = "0-9a-fA-F"; break;
             case 'H': outside = "[^0-9a-fA-F]"; break;
             default: break;
+            }
+            if (e == 'p' || e == 'P') {
+                /* \pX or \p{X}: Unicode property, widened to Oniguruma's Unicode version */
+                size_t name_at = i + 2, name_len = 1;
+                if (name_at < n && re[name_at] == '{') {
+                    const char *close = strchr(re + name_at, '}');
+                    if (close == NULL) {
+                        invalid(c, path, "unterminated \\%c{", e);
+                        ds4_free(b.p);
+                        return NULL;
+                    }
+                    name_at++;
+                    name_len = (size_t)(close - (re + name_at));
+                }
+                size_t end = name_at + name_len + (re[i + 2] == '{' ? 1 : 0);
+                const ds4_tok_unicode_delta_t *d = NULL;
+                for (size_t k = 0; k < DS4_ARRAY_LEN(DS4_TOK_UNICODE_DELTA); k++)
+                    if (strlen(DS4_TOK_UNICODE_DELTA[k].prop) == name_len &&
+                        memcmp(DS4_TOK_UNICODE_DELTA[k].prop, re + name_at, name_len) == 0)
+                        d = &DS4_TOK_UNICODE_DELTA[k];
+                if (d == NULL || d->add[0] == '\0') {
+                    sb_put(&b, re + i, end - i); /* same in both engines (or not covered) */
+                } else if (d->remove[0] != '\0') {
+                    unsupported(c, path, "\\p{%s} (PCRE2 and Oniguruma disagree beyond additions)",
+                                d->prop);
+                    ds4_free(b.p);
+                    return NULL;
+                } else if (e == 'p') {
+                    if (!in_class)
+                        sb_puts(&b, "[");
+                    sb_puts(&b, "\\p{");
+                    sb_puts(&b, d->prop);
+                    sb_puts(&b, "}");
+                    sb_puts(&b, d->add);
+                    if (!in_class)
+                        sb_puts(&b, "]");
+                } else if (!in_class) {
+                    sb_puts(&b, "[^\\p{");
+                    sb_puts(&b, d->prop);
+                    sb_puts(&b, "}");
+                    sb_puts(&b, d->add);
+                    sb_puts(&b, "]");
+                } else {
+                    unsupported(c, path, "\\P{%s} inside a character class", d->prop);
+                    ds4_free(b.p);
+                    return NULL;
+                }
+                i = end - 1;
+                continue;
             }
             if (outside != NULL || inside != NULL) {
                 const char *rep = in_class ? inside : outside;
