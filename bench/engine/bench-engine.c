@@ -1,0 +1,214 @@
+/*
+ * bench-engine - engine throughput on the default tiny model (ds4-mkmodel), 2 threads:
+ *   prefill tokens/s for 1K / 8K / 32K-token prompts (chunks of 2048),
+ *   decode tokens/s at batch 1 / 8 / 32,
+ *   FP8-weight GEMM (act quant + per-tile dequant + sgemm) vs OpenBLAS sgemm on fp32 weights of
+ *   the same shapes,
+ *   optional --long N: an N-token prefill with wall time, peak RSS and the KV bytes it holds.
+ *
+ *   bench-engine [--model DIR] [--threads N] [--long N] [--quick]
+ */
+#include "ds4/alloc.h"
+#include "ds4/backend.h"
+#include "ds4/clock.h"
+#include "ds4/model.h"
+#include "mkmodel.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+static int32_t *make_tokens(int n, int V, uint64_t seed)
+{
+    int32_t *t = ds4_malloc_array((size_t)n, sizeof(int32_t));
+    uint64_t x = seed;
+    for (int i = 0; i < n; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        t[i] = (int32_t)(2 + (x >> 33) % (uint64_t)(V - 2));
+    }
+    return t;
+}
+
+static double prefill(ds4_model_h m, int n, ds4_seq_h *keep)
+{
+    int V = ds4_model_config(m)->vocab_size;
+    int32_t *t = make_tokens(n, V, (uint64_t)n);
+    float *logits = ds4_malloc_array((size_t)V, sizeof(float));
+    ds4_seq_h s;
+    ds4_seq_create(m, &s);
+    double t0 = ds4_clock_now_s();
+    for (int i = 0; i < n; i += 2048) {
+        int k = n - i < 2048 ? n - i : 2048;
+        ds4_step_item_t it = {.seq = s, .tokens = t + i, .n_tokens = k,
+                              .logits = i + k == n ? logits : NULL};
+        if (ds4_model_step(m, &it, 1, NULL) != DS4_OK) {
+            fprintf(stderr, "prefill failed\n");
+            exit(1);
+        }
+    }
+    double dt = ds4_clock_now_s() - t0;
+    if (keep != NULL)
+        *keep = s;
+    else
+        ds4_seq_destroy(s);
+    ds4_free(t);
+    ds4_free(logits);
+    return dt;
+}
+
+static double decode(ds4_model_h m, int batch, int steps, int ctx)
+{
+    int V = ds4_model_config(m)->vocab_size;
+    ds4_seq_h *seqs = ds4_calloc((size_t)batch, sizeof(ds4_seq_h));
+    ds4_step_item_t *items = ds4_calloc((size_t)batch, sizeof(ds4_step_item_t));
+    float *logits = ds4_malloc_array((size_t)batch * V, sizeof(float));
+    int32_t *tok = make_tokens(ctx + steps, V, 7);
+    for (int b = 0; b < batch; b++) {
+        ds4_seq_create(m, &seqs[b]);
+        ds4_step_item_t it = {.seq = seqs[b], .tokens = tok, .n_tokens = ctx};
+        ds4_model_step(m, &it, 1, NULL);
+    }
+    double t0 = ds4_clock_now_s();
+    for (int s = 0; s < steps; s++) {
+        for (int b = 0; b < batch; b++)
+            items[b] = (ds4_step_item_t){.seq = seqs[b], .tokens = tok + ctx + s, .n_tokens = 1,
+                                         .logits = logits + (size_t)b * V};
+        ds4_model_step(m, items, batch, NULL);
+    }
+    double dt = ds4_clock_now_s() - t0;
+    for (int b = 0; b < batch; b++)
+        ds4_seq_destroy(seqs[b]);
+    ds4_free(seqs);
+    ds4_free(items);
+    ds4_free(logits);
+    ds4_free(tok);
+    return (double)batch * steps / dt;
+}
+
+static void gemm_bench(int threads)
+{
+    const ds4_backend_ops_t *ops = ds4_backend_get("cpu");
+    ds4_backend_h be;
+    ops->create(threads, &be);
+    static const int shapes[][3] = {{512, 4096, 1024}, {512, 1024, 4096}, {2048, 4096, 4096}};
+    printf("\n| GEMM M x K -> N | FP8 weights GFLOP/s | sgemm fp32 GFLOP/s | ratio |\n"
+           "|---|---|---|---|\n");
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+        int M = shapes[i][0], K = shapes[i][1], N = shapes[i][2];
+        float *x = ds4_malloc_array((size_t)M * K, sizeof(float));
+        float *wf = ds4_malloc_array((size_t)N * K, sizeof(float));
+        float *y = ds4_malloc_array((size_t)M * N, sizeof(float));
+        uint8_t *w8 = ds4_malloc((size_t)N * K);
+        uint8_t *sc = ds4_malloc((size_t)((N + 127) / 128) * ((K + 127) / 128));
+        for (size_t j = 0; j < (size_t)M * K; j++)
+            x[j] = (float)((j * 2654435761u) % 1000) / 1000.0f - 0.5f;
+        for (size_t j = 0; j < (size_t)N * K; j++) {
+            w8[j] = (uint8_t)((j * 40503u) & 0x77);
+            wf[j] = (float)(w8[j] & 0x3f) / 64.0f;
+        }
+        memset(sc, 120, (size_t)((N + 127) / 128) * ((K + 127) / 128));
+        ds4_weight_t w = {.type = DS4_W_FP8, .n = N, .k = K, .data = w8, .scale = sc};
+        double flops = 2.0 * M * N * K;
+        ops->matmul(be, &w, M, x, y, 0);
+        double t0 = ds4_clock_now_s();
+        int reps = 3;
+        for (int r = 0; r < reps; r++)
+            ops->matmul(be, &w, M, x, y, 0);
+        double t8 = (ds4_clock_now_s() - t0) / reps;
+        openblas_set_num_threads(threads);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, wf, K, 0.0f,
+                    y, N);
+        t0 = ds4_clock_now_s();
+        for (int r = 0; r < reps; r++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, wf, K,
+                        0.0f, y, N);
+        double ts = (ds4_clock_now_s() - t0) / reps;
+        openblas_set_num_threads(1);
+        printf("| %d x %d -> %d | %.1f | %.1f | %.2f |\n", M, K, N, flops / t8 / 1e9,
+               flops / ts / 1e9, ts / t8);
+        ds4_free(x);
+        ds4_free(wf);
+        ds4_free(y);
+        ds4_free(w8);
+        ds4_free(sc);
+    }
+    ops->destroy(be);
+}
+
+static long peak_rss_kb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+int main(int argc, char **argv)
+{
+    const char *model = NULL;
+    int threads = 2, quick = 0;
+    long long long_n = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--model") == 0 && i + 1 < argc)
+            model = argv[++i];
+        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--long") == 0 && i + 1 < argc)
+            long_n = atoll(argv[++i]);
+        else if (strcmp(argv[i], "--quick") == 0)
+            quick = 1;
+    }
+    char dir[] = "/tmp/ds4-bench-XXXXXX";
+    if (model == NULL) {
+        if (mkdtemp(dir) == NULL)
+            return 1;
+        ds4_mkmodel_params_t mp = ds4_mkmodel_params_default();
+        if (ds4_mkmodel_write(dir, &mp) != DS4_OK)
+            return 1;
+        model = dir;
+    }
+    ds4_model_params_t p = ds4_model_params_default();
+    p.n_threads = threads;
+    ds4_model_h m;
+    if (ds4_model_load(model, &p, &m, NULL) != DS4_OK)
+        return 1;
+    printf("model %s, %d threads\n\n| prefill tokens | seconds | tokens/s |\n|---|---|---|\n",
+           model, threads);
+    int sizes[] = {1024, 8192, 32768};
+    int n_sizes = quick ? 1 : 3;
+    for (int i = 0; i < n_sizes; i++) {
+        double dt = prefill(m, sizes[i], NULL);
+        printf("| %d | %.2f | %.0f |\n", sizes[i], dt, sizes[i] / dt);
+        fflush(stdout);
+    }
+    printf("\n| decode batch | context | tokens/s |\n|---|---|---|\n");
+    int batches[] = {1, 8, 32};
+    for (int i = 0; i < 3; i++) {
+        double tps = decode(m, batches[i], quick ? 4 : 16, 256);
+        printf("| %d | 256 | %.1f |\n", batches[i], tps);
+        fflush(stdout);
+    }
+    gemm_bench(threads);
+    if (long_n > 0) {
+        ds4_seq_h s;
+        double dt = prefill(m, (int)long_n, &s);
+        uint64_t kv = ds4_seq_export_bytes(s);
+        printf("\nlong prefill %lld tokens: %.1f s (%.0f tokens/s), peak RSS %.1f MiB, KV state "
+               "%.1f MiB (%.1f B/token)\n",
+               long_n, dt, (double)long_n / dt, peak_rss_kb() / 1024.0, kv / 1048576.0,
+               (double)kv / (double)long_n);
+        ds4_seq_destroy(s);
+    }
+    ds4_model_free(m);
+    if (model == dir) {
+        char path[64];
+        snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s/config.json", dir);
+        unlink(path);
+        rmdir(dir);
+    }
+    return 0;
+}
