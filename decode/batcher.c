@@ -175,6 +175,10 @@ static void thread_main(void *arg)
                     }
             }
         }
+        n_batch = 0;
+        for (ds4_bseq_t *s = batch; s != NULL; s = s->next)
+            n_batch++;
+        __atomic_store_n(&b->active, n_batch, __ATOMIC_RELEASE);
         /* Rotate so sequences beyond max_batch get their turn. */
         if (batch != NULL && n_batch > b->p.max_batch) {
             ds4_bseq_t *first = batch;
