@@ -122,7 +122,14 @@ ds4_status_t ds4__seq_reserve(ds4_seq_h s, int layer, int64_t n_comp);
 void ds4__seq_tail_reset(ds4_model_h m, int layer, float *tail);
 
 /* ---- forward.c ---- */
-ds4_status_t ds4__block(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, float *X, int64_t T,
-                        int64_t p0, const int32_t *tokens, const ds4_step_hooks_t *hooks);
+/* Rows [row0, row0 + n) of a batched pass belong to `seq`, positions p0 .. p0 + n - 1. */
+typedef struct ds4__seg {
+    ds4_seq_h seq;
+    int64_t row0;
+    int64_t n;
+    int64_t p0;
+} ds4__seg_t;
+ds4_status_t ds4__block(ds4_model_h m, const ds4__seg_t *segs, int n_segs, const ds4_layer_w_t *L,
+                        float *X, int64_t T, const int32_t *tokens, const ds4_step_hooks_t *hooks);
 
 #endif
