@@ -181,6 +181,7 @@ static bool cache_init(ds4_tok_scratch_h *s)
 
 typedef struct enc {
     const ds4_tokenizer_h *t;
+    bool wide; /* the text holds a code point the narrow regexes classify differently */
     ds4_tok_scratch_h *s;
     const char *text;
     int32_t *ids;
@@ -389,6 +390,44 @@ static size_t utf8_char_len(unsigned char b)
     return b < 0x80 ? 1 : b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : 2;
 }
 
+/* True when text holds a code point whose Unicode properties PCRE2 and Oniguruma disagree on
+ * (all such code points are >= U+0800: 3- and 4-byte sequences; text is valid UTF-8). */
+static bool needs_wide(const ds4_tokenizer_h *t, const unsigned char *s, size_t len)
+{
+    if (t->delta_bitmap == NULL)
+        return false;
+    size_t i = 0;
+    while (i < len) {
+        while (i + 8 <= len) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if ((w & 0x8080808080808080ull) != 0)
+                break;
+            i += 8;
+        }
+        if (i >= len)
+            break;
+        unsigned char b = s[i];
+        if (b < 0xE0) {
+            i += b < 0x80 ? 1 : 2;
+            continue;
+        }
+        uint32_t cp;
+        if (b < 0xF0) {
+            cp = ((uint32_t)(b & 0x0F) << 12) | ((uint32_t)(s[i + 1] & 0x3F) << 6) |
+                 (s[i + 2] & 0x3F);
+            i += 3;
+        } else {
+            cp = ((uint32_t)(b & 0x07) << 18) | ((uint32_t)(s[i + 1] & 0x3F) << 12) |
+                 ((uint32_t)(s[i + 2] & 0x3F) << 6) | (s[i + 3] & 0x3F);
+            i += 4;
+        }
+        if ((t->delta_bitmap[cp >> 3] >> (cp & 7)) & 1)
+            return true;
+    }
+    return false;
+}
+
 /* Split level `level` (Isolated): matches and the gaps between them each go one level down. */
 static void enc_pretok(enc_t *e, int level, size_t start, size_t end)
 {
@@ -399,13 +438,14 @@ static void enc_pretok(enc_t *e, int level, size_t start, size_t end)
         enc_bpe(e, start, end);
         return;
     }
-    pcre2_code *re = t->split_re[level];
+    bool narrow = !e->wide && t->split_re_narrow[level] != NULL;
+    pcre2_code *re = narrow ? t->split_re_narrow[level] : t->split_re[level];
+    bool jit = narrow ? t->split_jit_narrow[level] : t->split_jit[level];
     PCRE2_SPTR subj = (PCRE2_SPTR)e->text + start;
     size_t len = end - start, pos = 0, gap = 0;
     pcre2_match_data *md = e->s->md;
     while (pos < len && e->st == DS4_OK) {
-        int rc = t->split_jit[level]
-                     ? pcre2_jit_match(re, subj, len, pos, 0, md, e->s->mctx)
+        int rc = jit ? pcre2_jit_match(re, subj, len, pos, 0, md, e->s->mctx)
                      : pcre2_match(re, subj, len, pos, PCRE2_NO_UTF_CHECK, md, e->s->mctx);
         if (rc == PCRE2_ERROR_NOMATCH)
             break;
@@ -491,6 +531,7 @@ ds4_status_t ds4_tokenizer_encode(const ds4_tokenizer_h *tok, ds4_tok_scratch_h 
         scratch = tmp;
     }
     enc_t e = {.t = tok, .s = scratch, .text = text, .st = DS4_OK, .diag = diag};
+    e.wide = needs_wide(tok, (const unsigned char *)text, len);
     e.cap = len / 3 + 16;
     e.ids = ds4_malloc_array(e.cap, sizeof(*e.ids));
     if (e.ids == NULL) {

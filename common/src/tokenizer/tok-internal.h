@@ -62,10 +62,16 @@ struct ds4_tokenizer {
     ds4_tok_trie_t trie_raw;
     ds4_tok_trie_t trie_norm;
 
-    /* pre-tokenizer: Isolated splits applied in order */
+    /* pre-tokenizer: Isolated splits applied in order. split_re has \p{..} classes widened to
+     * Oniguruma's Unicode version (tok-unicode-delta.h); split_re_narrow is the same pattern
+     * with PCRE2's own tables, faster, and identical on text without any widened code point
+     * (delta_bitmap, NULL when no pattern needed widening). */
     pcre2_code *split_re[DS4_TOK_MAX_SPLITS];
+    pcre2_code *split_re_narrow[DS4_TOK_MAX_SPLITS];
     bool split_jit[DS4_TOK_MAX_SPLITS];
+    bool split_jit_narrow[DS4_TOK_MAX_SPLITS];
     int n_splits;
+    uint8_t *delta_bitmap; /* 0x110000 bits */
 };
 
 /* Per-thread encode state. */

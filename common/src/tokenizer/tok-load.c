@@ -243,7 +243,8 @@ static void sb_puts(sbuf_t *b, const char *s)
 }
 
 /* Returns the PCRE2 pattern (ds4_free) or NULL with a problem recorded. */
-static char *translate_regex(load_ctx_t *c, const char *path, const char *re)
+static char *translate_regex(load_ctx_t *c, const char *path, const char *re, bool widen,
+                             bool *widened)
 {
     sbuf_t b = {0};
     bool in_class = false;
@@ -283,9 +284,9 @@ static char *translate_regex(load_ctx_t *c, const char *path, const char *re)
                     if (strlen(DS4_TOK_UNICODE_DELTA[k].prop) == name_len &&
                         memcmp(DS4_TOK_UNICODE_DELTA[k].prop, re + name_at, name_len) == 0)
                         d = &DS4_TOK_UNICODE_DELTA[k];
-                if (d == NULL || d->add[0] == '\0') {
+                if (d == NULL || d->add[0] == '\0' || !widen) {
                     sb_put(&b, re + i, end - i); /* same in both engines (or not covered) */
-                } else if (d->remove[0] != '\0') {
+                } else if ((*widened = true, d->remove[0] != '\0')) {
                     unsupported(c, path, "\\p{%s} (PCRE2 and Oniguruma disagree beyond additions)",
                                 d->prop);
                     ds4_free(b.p);
@@ -408,12 +409,8 @@ static char *literal_regex(const char *s)
     return b.p != NULL ? b.p : ds4_strdup("");
 }
 
-static void add_split(load_ctx_t *c, ds4_tokenizer_h *t, const char *path, const char *pattern)
+static pcre2_code *compile_re(load_ctx_t *c, const char *path, const char *pattern, bool *jit)
 {
-    if (t->n_splits == DS4_TOK_MAX_SPLITS) {
-        unsupported(c, path, "more than %d Split pre-tokenizers", DS4_TOK_MAX_SPLITS);
-        return;
-    }
     int err = 0;
     PCRE2_SIZE off = 0;
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
@@ -422,12 +419,65 @@ static void add_split(load_ctx_t *c, ds4_tokenizer_h *t, const char *path, const
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof(msg));
         invalid(c, path, "regex does not compile at offset %zu: %s", (size_t)off, (char *)msg);
+        return NULL;
+    }
+    *jit = pcre2_jit_compile(re, PCRE2_JIT_COMPLETE) == 0;
+    return re;
+}
+
+/* Parses "\x{a}-\x{b}\x{c}..." items of tok-unicode-delta.h into the bitmap. */
+static void bitmap_add_items(uint8_t *bm, const char *items)
+{
+    const char *p = items;
+    while ((p = strstr(p, "x{")) != NULL) {
+        unsigned long a = strtoul(p + 2, NULL, 16), b = a;
+        const char *close = strchr(p, '}');
+        if (close == NULL)
+            break;
+        p = close + 1;
+        if (close[1] == '-' && strncmp(close + 2, "\\x{", 3) == 0) {
+            b = strtoul(close + 5, NULL, 16);
+            const char *close2 = strchr(close + 5, '}');
+            if (close2 == NULL)
+                break;
+            p = close2 + 1;
+        }
+        for (unsigned long cp = a; cp <= b && cp < 0x110000; cp++)
+            bm[cp >> 3] |= (uint8_t)(1u << (cp & 7));
+    }
+}
+
+/* Compiles one Isolated split from an Oniguruma pattern (or a literal when is_literal). */
+static void add_split(load_ctx_t *c, ds4_tokenizer_h *t, const char *path, const char *onig,
+                      bool is_literal)
+{
+    if (t->n_splits == DS4_TOK_MAX_SPLITS) {
+        unsupported(c, path, "more than %d Split pre-tokenizers", DS4_TOK_MAX_SPLITS);
         return;
     }
-    bool jit = pcre2_jit_compile(re, PCRE2_JIT_COMPLETE) == 0;
-    t->split_re[t->n_splits] = re;
-    t->split_jit[t->n_splits] = jit;
-    t->n_splits++;
+    bool widened = false, dummy = false;
+    char *wide = is_literal ? literal_regex(onig) : translate_regex(c, path, onig, true,
+                                                                     &widened);
+    if (wide == NULL)
+        return;
+    char *narrow = widened ? translate_regex(c, path, onig, false, &dummy) : NULL;
+    int k = t->n_splits;
+    t->split_re[k] = compile_re(c, path, wide, &t->split_jit[k]);
+    if (t->split_re[k] != NULL && narrow != NULL) {
+        t->split_re_narrow[k] = compile_re(c, path, narrow, &t->split_jit_narrow[k]);
+        if (t->delta_bitmap == NULL) {
+            t->delta_bitmap = ds4_calloc(0x110000 / 8, 1);
+            if (t->delta_bitmap != NULL)
+                for (size_t i = 0; i < DS4_ARRAY_LEN(DS4_TOK_UNICODE_DELTA); i++)
+                    bitmap_add_items(t->delta_bitmap, DS4_TOK_UNICODE_DELTA[i].add);
+        }
+    }
+    if (t->split_re[k] != NULL && (narrow == NULL || t->split_re_narrow[k] != NULL))
+        t->n_splits++;
+    else if (t->split_re[k] != NULL)
+        pcre2_code_free(t->split_re[k]);
+    ds4_free(wide);
+    ds4_free(narrow);
 }
 
 static const char *GPT2_PATTERN =
@@ -469,11 +519,7 @@ static void parse_pretok_one(load_ctx_t *c, ds4_tokenizer_h *t, const json_t *pt
             invalid(c, p, "expected {\"Regex\": string} or {\"String\": string}");
             return;
         }
-        char *pcre = rx != NULL ? translate_regex(c, p, rx) : literal_regex(str);
-        if (pcre == NULL)
-            return;
-        add_split(c, t, p, pcre);
-        ds4_free(pcre);
+        add_split(c, t, p, rx != NULL ? rx : str, rx == NULL);
     } else if (strcmp(type, "ByteLevel") == 0) {
         bool prefix = false, use_regex = true;
         ds4_json_get_bool(pt, path, "add_prefix_space", false, &prefix, c->diag);
@@ -482,7 +528,7 @@ static void parse_pretok_one(load_ctx_t *c, ds4_tokenizer_h *t, const json_t *pt
             unsupported(c, ds4_json_path(p, sizeof(p), path, "add_prefix_space"),
                         "ByteLevel add_prefix_space=true");
         if (use_regex)
-            add_split(c, t, path, GPT2_PATTERN);
+            add_split(c, t, path, GPT2_PATTERN, false);
     } else {
         unsupported(c, ds4_json_path(p, sizeof(p), path, "type"), "pre_tokenizer \"%s\"",
                     type);
@@ -934,8 +980,11 @@ void ds4_tokenizer_destroy(ds4_tokenizer_h *t)
     ds4_free(t->merge_new);
     ds4__tok_trie_free(&t->trie_raw);
     ds4__tok_trie_free(&t->trie_norm);
-    for (int i = 0; i < t->n_splits; i++)
+    for (int i = 0; i < t->n_splits; i++) {
         pcre2_code_free(t->split_re[i]);
+        pcre2_code_free(t->split_re_narrow[i]);
+    }
+    ds4_free(t->delta_bitmap);
     ds4_free(t);
 }
 
