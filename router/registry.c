@@ -101,7 +101,8 @@ ds4_status_t ds4_registry_register(ds4_registry_t *r, const ds4_worker_info_t *i
         ds4_registry_remove(r, old, "replaced by a new incarnation");
     w->incarnation = in->incarnation;
     w->role = in->role;
-    memcpy(w->digest, in->digest, in->digest_len);
+    if (in->digest_len > 0)
+        memcpy(w->digest, in->digest, in->digest_len);
     w->digest_len = in->digest_len;
     w->max_sequences = in->max_sequences != 0 ? in->max_sequences : 1;
     w->max_context = in->max_context;
