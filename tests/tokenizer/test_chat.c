@@ -1,7 +1,7 @@
 /*
  * test_chat - the V4 chat encoding against DeepSeek's official encoder: the three official test
- * vectors (with their parse assertions), the 90 generated rows, reject cases for malformed
- * messages and completions, and Python-compatible JSON output.
+ * vectors (with their parse assertions), the 90 generated rows, 250 differential rows, reject
+ * cases for malformed messages and completions, and Python-compatible JSON output.
  */
 #include "test.h"
 #include "tok-test-util.h"
@@ -26,9 +26,9 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
-static void test_generated_rows(void)
+static void check_rows(const char *fixture, size_t want_enc, size_t want_parse)
 {
-    json_t *rows = tok_test_read_jsonl(ds4_test_fixture("chat-encoding/generated-public.jsonl"));
+    json_t *rows = tok_test_read_jsonl(ds4_test_fixture(fixture));
     DS4_CHECK(rows != NULL);
     size_t i, n_enc = 0, n_parse = 0, bad = 0;
     json_t *row;
@@ -75,10 +75,22 @@ static void test_generated_rows(void)
         }
         ds4_diag_free(&diag);
     }
-    DS4_CHECK_EQ_INT(n_enc, 60);
-    DS4_CHECK_EQ_INT(n_parse, 30);
+    DS4_CHECK_EQ_INT(n_enc, want_enc);
+    DS4_CHECK_EQ_INT(n_parse, want_parse);
     DS4_CHECKF(bad == 0, "%zu of %zu rows differ", bad, n_enc + n_parse);
     json_decref(rows);
+}
+
+static void test_generated_rows(void)
+{
+    check_rows("chat-encoding/generated-public.jsonl", 60, 30);
+}
+
+/* Random conversations (tools, tool results out of order, tasks, developer, reminders, odd
+ * JSON values) rendered and parsed by the official encoder. */
+static void test_differential_rows(void)
+{
+    check_rows("chat-encoding/differential-official.jsonl", 150, 100);
 }
 
 /* Encodes official case k in thinking mode; returns the prompt (ds4_free) after comparing. */
@@ -353,6 +365,7 @@ static void test_python_json(void)
 int main(void)
 {
     DS4_RUN(test_generated_rows);
+    DS4_RUN(test_differential_rows);
     DS4_RUN(test_official_case_1);
     DS4_RUN(test_official_case_2);
     DS4_RUN(test_official_case_3);
