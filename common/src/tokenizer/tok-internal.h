@@ -11,6 +11,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "ds4/tokenizer.h"
 
+#include <jansson.h>
 #include <pcre2.h>
 #include <stdarg.h>
 
@@ -95,6 +96,22 @@ struct ds4_tok_scratch {
     size_t cache_ids_used, cache_ids_cap;
 };
 
+/* Load context: collects problems, remembers whether any was "unsupported". */
+typedef struct ds4__tok_load_ctx {
+    ds4_diag_t *diag;
+    int n_invalid;
+    int n_unsupported;
+    uint16_t char_byte[512]; /* byte-level alphabet: code point → byte + 1 (0 = not in it) */
+} ds4__tok_load_ctx_t;
+
+/* Records an invalid / unsupported tokenizer.json feature at `path` (tok-load.c). */
+void ds4__tok_invalid(ds4__tok_load_ctx_t *c, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void ds4__tok_unsupported(ds4__tok_load_ctx_t *c, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Reads "pre_tokenizer" into t's splits (tok-regex.c). */
+void ds4__tok_parse_pretok(ds4__tok_load_ctx_t *c, ds4_tokenizer_h *t, const json_t *root);
+
 /* Adds a problem to diag when diag is not NULL. */
 void ds4__tok_diag(ds4_diag_t *diag, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -141,7 +158,11 @@ static inline bool ds4__tok_merge_lookup(const ds4_tokenizer_h *t, int32_t a, in
 /* Model vocab id of raw bytes, or -1. */
 int32_t ds4__tok_vocab_find(const ds4_tokenizer_h *t, const char *s, size_t n);
 
-/* Trie helpers (tok-load.c). */
+/* Trie helpers (tok-trie.c). *prev_id gets the id the content had before (-1: new). */
+ds4_status_t ds4__tok_trie_insert(ds4_tok_trie_t *trie, const char *s, size_t n, int32_t id,
+                                  int32_t *prev_id);
+/* Id of exactly s[0..n), or -1. */
+int32_t ds4__tok_trie_exact(const ds4_tok_trie_t *trie, const char *s, size_t n);
 void ds4__tok_trie_free(ds4_tok_trie_t *trie);
 /* Longest token starting at s[0..n): its id and length, or false. */
 bool ds4__tok_trie_longest(const ds4_tok_trie_t *trie, const char *s, size_t n, int32_t *id,
