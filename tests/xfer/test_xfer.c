@@ -477,6 +477,66 @@ static void test_prefill_killed(void)
     ds4_kv_manifest_destroy(m);
 }
 
+/* ------------------------------- cancel (decode side) and abort (prefill side) free blocks */
+
+static bool pool_empty(void *arg)
+{
+    return pool_used(arg) == 0;
+}
+
+static void test_cancel_and_abort_free_blocks(void)
+{
+    ds4_kv_manifest_h *m = manifest_of("v4-flash");
+    if (m == NULL)
+        return;
+    ds4_xfer_h *x = decode_up(m, 16384, 1);
+    if (x == NULL)
+        return;
+    const char *t30 = tmp_path("t30"), *t31 = tmp_path("t31");
+    child_t *kids[1];
+
+    /* decode cancels a transfer in flight: callback now, blocks back once the sender acked */
+    DS4_CHECK(write_target(x, 30, 16384, 20000, t30));
+    char *argv[] = {"ds4-xfer-peer", "prefill", "--config", (char *)config_path("v4-flash"),
+                    "--target", (char *)t30, "--layer-delay-us", "10000", NULL};
+    child_t pre;
+    DS4_CHECK(child_spawn(&pre, argv, false, NULL));
+    kids[0] = &pre;
+    int want = 1;
+    run_until(recv_count_at_least, &want, kids, 1, 500); /* pushing for a while */
+    DS4_CHECK_EQ_INT(rs.n_done, 0);
+    DS4_CHECK_STATUS(ds4_xfer_release(x, 30), DS4_OK);
+    DS4_CHECK_EQ_INT(rs.n_done, 1);
+    DS4_CHECK_STATUS(rs.st[0], DS4_ERR_CANCELLED);
+    const ds4_kv_block_table_h *t = NULL;
+    DS4_CHECK_STATUS(ds4_xfer_acquire(x, 30, &t), DS4_ERR_NOT_FOUND);
+    DS4_CHECK(run_until(pool_empty, x, kids, 1, 3000));
+    DS4_CHECK(run_until(child_exited, &pre, kids, 1, 10000));
+    DS4_CHECK(child_clean_exit(&pre));
+    DS4_CHECK_STR_CONTAINS(pre.buf, "sent 30 DS4_ERR_CANCELLED");
+    child_kill(&pre);
+
+    /* prefill aborts after 20 layers: decode frees at once and reports the abort */
+    DS4_CHECK(write_target(x, 31, 16384, 20000, t31));
+    char *argv2[] = {"ds4-xfer-peer", "prefill", "--config", (char *)config_path("v4-flash"),
+                     "--target", (char *)t31, "--abort-after-layers", "20", NULL};
+    DS4_CHECK(child_spawn(&pre, argv2, false, NULL));
+    want = 2;
+    DS4_CHECK(run_until(recv_count_at_least, &want, kids, 1, 10000));
+    DS4_CHECK_STATUS(rs.st[1], DS4_ERR_CANCELLED);
+    DS4_CHECK_STR_CONTAINS(rs.msg[1], "aborted by prefill");
+    DS4_CHECK_EQ_INT(pool_used(x), 0);
+    DS4_CHECK_EQ_INT(ds4_xfer_n_reservations(x), 0);
+    DS4_CHECK(run_until(child_exited, &pre, kids, 1, 10000));
+    DS4_CHECK(child_clean_exit(&pre));
+    DS4_CHECK_STR_CONTAINS(pre.buf, "sent 31 DS4_ERR_CANCELLED");
+    child_kill(&pre);
+    unlink(t30);
+    unlink(t31);
+    xfer_shutdown(x);
+    ds4_kv_manifest_destroy(m);
+}
+
 /* ---------------------- acceptance 3b: decode restarted on the same address -> stale rejected */
 
 typedef struct send_state {
@@ -861,6 +921,7 @@ int main(int argc, char **argv)
     RUN_IF(test_pro_128k_every_byte);
     RUN_IF(test_corrupt_byte_detected);
     RUN_IF(test_prefill_killed);
+    RUN_IF(test_cancel_and_abort_free_blocks);
     RUN_IF(test_decode_restart_fenced);
     RUN_IF(test_manifest_mismatch_refused);
     RUN_IF(test_tcp_preflight_and_policy);

@@ -14,7 +14,7 @@
  *
  *   ds4-xfer-peer prefill --config C --target FILE [--target FILE ...] [--chunks K]
  *                 [--layer-delay-us D] [--deadline-ms T] [--corrupt ID:GROUP:OFFSET]
- *                 [--refuse-tcp-only]
+ *                 [--abort-after-layers K] [--refuse-tcp-only]
  *       Pushes synthetic KV into every target concurrently from a compute thread, chunk by
  *       chunk and layer by layer (each layer's rows as soon as that layer is "computed", then
  *       its group ends after the last chunk). Prints "sent <id> <ST> <message>" per target.
@@ -52,6 +52,7 @@ typedef struct opts {
     uint32_t chunks;
     uint32_t layer_delay_us;
     uint32_t deadline_ms;
+    uint32_t abort_after_layers; /* 0: never */
     bool refuse_tcp_only;
     bool no_check;
     bool corrupt;
@@ -129,6 +130,8 @@ static bool parse_args(int argc, char **argv, opts_t *o)
             o->chunks = (uint32_t)strtoul(v, NULL, 10);
         else if (strcmp(a, "--layer-delay-us") == 0)
             o->layer_delay_us = (uint32_t)strtoul(v, NULL, 10);
+        else if (strcmp(a, "--abort-after-layers") == 0)
+            o->abort_after_layers = (uint32_t)strtoul(v, NULL, 10);
         else if (strcmp(a, "--deadline-ms") == 0)
             o->deadline_ms = (uint32_t)strtoul(v, NULL, 10);
         else if (strcmp(a, "--corrupt") == 0) {
@@ -290,6 +293,23 @@ typedef struct push {
 
 static push_t pushes[256];
 static int n_pushes, n_done;
+static bool compute_finished;
+static uv_async_t compute_async;
+
+/* Quit once every transfer ended and the compute thread stopped calling into ds4_xfer. */
+static void maybe_quit(void)
+{
+    if (n_done == n_pushes && compute_finished) {
+        uv_close((uv_handle_t *)&compute_async, NULL);
+        quit_soon();
+    }
+}
+
+static void on_compute_finished(uv_async_t *h)
+{
+    compute_finished = true;
+    maybe_quit();
+}
 static uint32_t n_layers_total;
 
 static void on_send_done(void *arg, uint64_t id, ds4_status_t st, const char *msg)
@@ -298,8 +318,8 @@ static void on_send_done(void *arg, uint64_t id, ds4_status_t st, const char *ms
     p->done = true;
     printf("sent %" PRIu64 " %s %s\n", id, ds4_status_name(st), msg);
     fflush(stdout);
-    if (++n_done == n_pushes)
-        quit_soon();
+    n_done++;
+    maybe_quit();
 }
 
 typedef struct compute_args {
@@ -339,14 +359,22 @@ static void push_layer(const opts_t *o, push_t *p, uint32_t layer, uint32_t c)
 static void *compute_main(void *arg)
 {
     const opts_t *o = ((compute_args_t *)arg)->o;
+    uint32_t layers_done = 0;
     for (uint32_t c = 0; c < o->chunks; c++) {
         for (uint32_t l = 0; l < n_layers_total; l++) {
+            if (o->abort_after_layers != 0 && layers_done++ == o->abort_after_layers) {
+                for (int i = 0; i < n_pushes; i++)
+                    ds4_xfer_send_abort(pushes[i].tx);
+                uv_async_send(&compute_async);
+                return NULL;
+            }
             if (o->layer_delay_us > 0)
                 usleep(o->layer_delay_us);
             for (int i = 0; i < n_pushes; i++)
                 push_layer(o, &pushes[i], l, c);
         }
     }
+    uv_async_send(&compute_async);
     return NULL;
 }
 
@@ -403,6 +431,7 @@ static int run_prefill(const opts_t *o)
         return 0;
     }
     compute_args_t ca = {o};
+    uv_async_init(&loop, &compute_async, on_compute_finished);
     pthread_t th;
     pthread_create(&th, NULL, compute_main, &ca);
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -167,7 +167,9 @@ ds4_xfer_params_t ds4_xfer_params_default(void);
 
 ds4_status_t ds4_xfer_create(uv_loop_t *loop, const ds4_xfer_params_t *params, ds4_xfer_h **out);
 /* Fails every live transfer (callbacks fire with DS4_ERR_SHUTDOWN), frees everything; run the
- * loop afterwards until its handles are closed. Loop thread, not from a ds4_xfer callback. */
+ * loop afterwards until its handles are closed. Loop thread, not from a ds4_xfer callback, and
+ * after every thread calling ds4_xfer_send_* has stopped (send handles may still be released
+ * afterwards). */
 void ds4_xfer_destroy(ds4_xfer_h *x);
 
 uint64_t ds4_xfer_incarnation(const ds4_xfer_h *x);

@@ -69,6 +69,18 @@ void ds4__xfer_conn_close(ds4_xfer_h *x, xfer_conn_t *c)
     c->state = CONN_FAILED;
 }
 
+xfer_conn_t *ds4__xfer_conn_new(ds4_xfer_h *x)
+{
+    xfer_conn_t *c = ds4_calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->x = x;
+    c->serial = ++x->next_serial;
+    c->next = x->conns;
+    x->conns = c;
+    return c;
+}
+
 static void conn_free(ds4_xfer_h *x, xfer_conn_t *c)
 {
     /* A conn may be freed while a preflight flush still names it: flush_done looks it up. */
@@ -102,16 +114,13 @@ static void conn_free(ds4_xfer_h *x, xfer_conn_t *c)
 static void on_accept(void *arg, ds4_xfer_tp_conn_t *tc)
 {
     ds4_xfer_h *x = arg;
-    xfer_conn_t *c = ds4_calloc(1, sizeof(*c));
+    xfer_conn_t *c = ds4__xfer_conn_new(x);
     if (c == NULL) {
         x->ops->close(x->tp, tc);
         return;
     }
-    c->x = x;
     c->tc = tc;
     c->state = CONN_AWAIT_HELLO;
-    c->next = x->conns;
-    x->conns = c;
     x->ops->conn_set_user(tc, c);
 }
 
@@ -212,6 +221,10 @@ static void on_tick(uv_timer_t *h)
     ds4__xfer_send_tick(x, now);
     for (xfer_conn_t *c = x->conns, *next; c != NULL; c = next) {
         next = c->next;
+        if (c->outgoing && c->state == CONN_FAILED) {
+            conn_free(x, c); /* refused or lost; its transfers and waiters were told */
+            continue;
+        }
         if (c->outgoing && c->state != CONN_READY && c->state != CONN_FAILED &&
             now > c->deadline_ns) {
             ds4_log_warn("kv xfer: connecting to %s timed out", c->addr);

@@ -35,6 +35,7 @@ typedef struct xfer_rkey_cache {
 
 typedef struct xfer_conn {
     ds4_xfer_h *x;
+    uint64_t serial;             /* unique per ds4_xfer_h: callbacks re-find conns by it */
     ds4_xfer_tp_conn_t *tc;
     bool outgoing;
     xfer_conn_state_t state;
@@ -115,6 +116,7 @@ struct ds4_xfer_send {
     uint64_t request_id;
     void *blob;                  /* copy of the target; `target` borrows it */
     ds4_xfer_target_t target;
+    const ds4_kv_manifest_h *manifest; /* the caller-side calls never touch `x` once finished */
     uint32_t n_groups;
     /* caller side (any thread), under `lock` */
     pthread_mutex_t lock;
@@ -138,6 +140,10 @@ struct ds4_xfer_send {
     xfer_op_t *pending_head, *pending_tail; /* ops held until ACTIVE */
     xfer_tmp_t *tmps;            /* corrupted copies (test hook), freed at the end */
     bool corrupted;              /* the test hook fired for this transfer */
+    bool awaiting_ack;           /* our ABORT is out: the callback waits for decode's ack
+                                    (so decode has freed the blocks before we report) */
+    ds4_status_t cb_status;
+    uint64_t ack_deadline_ns;
     ds4_xfer_send_done_cb cb;
     void *cb_arg;
     char cb_msg[XFER_TEXT_MAX + 1]; /* message of the deferred callback */
@@ -173,6 +179,7 @@ struct ds4_xfer {
     uv_timer_t tick;
     int handles_open;
     bool destroying;
+    uint64_t next_serial;
 };
 
 /* xfer-core.c */
@@ -181,6 +188,7 @@ ds4_status_t ds4__xfer_send_msg(ds4_xfer_h *x, xfer_conn_t *c, uint16_t type, ui
 ds4_status_t ds4__xfer_send_status(ds4_xfer_h *x, xfer_conn_t *c, uint16_t type, uint64_t req,
                                    ds4_status_t st, const char *text);
 void ds4__xfer_conn_close(ds4_xfer_h *x, xfer_conn_t *c);
+xfer_conn_t *ds4__xfer_conn_new(ds4_xfer_h *x);
 /* xfer-recv.c */
 void ds4__xfer_recv_msg(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, const void *msg,
                         size_t len);

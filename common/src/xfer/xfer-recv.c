@@ -334,6 +334,8 @@ static void on_abort(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, const v
                      size_t len, bool ack)
 {
     xfer_resv_t *r = resv_find(x, h->request_id);
+    if (!ack) /* the sender waits for this before reporting: answer even for unknown requests */
+        ds4__xfer_send_status(x, c, XFER_MSG_ABORT_ACK, h->request_id, DS4_OK, NULL);
     if (r == NULL || r->conn != c || r->sender_inc != h->sender_inc)
         return;
     if (ack) {

@@ -32,8 +32,17 @@ typedef struct flush_ctx {
     uint32_t group;
     peer_action_t action;
     ds4_status_t status;  /* FINISH: the transfer's final status */
-    xfer_conn_t *conn;    /* PREFLIGHT: checked against x->conns before use */
+    uint64_t conn_serial; /* PREFLIGHT: the conn is re-found by serial (it may be gone) */
 } flush_ctx_t;
+
+static xfer_conn_t *conn_by_serial(ds4_xfer_h *x, uint64_t serial)
+{
+    for (xfer_conn_t *it = x->conns; it != NULL; it = it->next) {
+        if (it->serial == serial)
+            return it->tc != NULL ? it : NULL;
+    }
+    return NULL;
+}
 
 static xfer_conn_t *conn_live(ds4_xfer_h *x, xfer_conn_t *c)
 {
@@ -178,7 +187,7 @@ static void flush_done(void *arg, ds4_status_t st)
     ds4_xfer_h *x = ctx->x;
     ds4_xfer_send_h *tx = ctx->tx;
     if (ctx->kind == FLUSH_PREFLIGHT) {
-        xfer_conn_t *c = conn_live(x, ctx->conn);
+        xfer_conn_t *c = conn_by_serial(x, ctx->conn_serial);
         ds4_free(ctx);
         if (c != NULL && !x->destroying)
             preflight_done(x, c, st);
@@ -199,17 +208,36 @@ static void flush_done(void *arg, ds4_status_t st)
                 send_record(tx, ctx->group);
         }
     } else { /* FLUSH_FINISH */
-        if (st == DS4_OK && tx->conn != NULL && conn_live(x, tx->conn) != NULL) {
-            if (ctx->action == PEER_ABORT)
-                ds4__xfer_send_status(x, tx->conn, XFER_MSG_ABORT, tx->request_id, ctx->status,
-                                      tx->cb_msg);
-            else if (ctx->action == PEER_ACK)
-                ds4__xfer_send_status(x, tx->conn, XFER_MSG_ABORT_ACK, tx->request_id, DS4_OK,
-                                      NULL);
+        bool live = st == DS4_OK && tx->conn != NULL && conn_live(x, tx->conn) != NULL;
+        if (live && ctx->action == PEER_ABORT &&
+            ds4__xfer_send_status(x, tx->conn, XFER_MSG_ABORT, tx->request_id, ctx->status,
+                                  tx->cb_msg) == DS4_OK) {
+            /* keep the transfer (one pseudo op in flight) until decode acks the ABORT */
+            tx->awaiting_ack = true;
+            tx->cb_status = ctx->status;
+            tx->ack_deadline_ns =
+                ds4_clock_now_ns() + (uint64_t)x->p.quarantine_timeout_ms * 1000000u;
+            tx->ops_inflight++;
+            ds4_free(ctx);
+            return;
         }
+        if (live && ctx->action == PEER_ACK)
+            ds4__xfer_send_status(x, tx->conn, XFER_MSG_ABORT_ACK, tx->request_id, DS4_OK, NULL);
         tx_fire(tx, ctx->status, tx->cb_msg);
     }
     ds4_free(ctx);
+    tx_maybe_release(tx);
+}
+
+/* Decode acknowledged our ABORT (or can no longer): report and let the transfer go. */
+static void tx_ack_done(ds4_xfer_send_h *tx)
+{
+    if (!tx->awaiting_ack)
+        return;
+    tx->awaiting_ack = false;
+    DS4_ASSERT(tx->ops_inflight > 0);
+    tx->ops_inflight--;
+    tx_fire(tx, tx->cb_status, tx->cb_msg);
     tx_maybe_release(tx);
 }
 
@@ -227,6 +255,7 @@ static void conn_fail_all(ds4_xfer_h *x, xfer_conn_t *c, ds4_status_t st, const 
             tx_finish(tx, st, why, PEER_NONE);
         } else if (tx->conn == c) {
             tx->conn = NULL;
+            tx_ack_done(tx); /* decode is gone: nothing more to wait for */
         }
     }
 }
@@ -284,28 +313,24 @@ static xfer_conn_t *conn_get(ds4_xfer_h *x, const char *addr, ds4_status_t *st)
         if (c->outgoing && c->state != CONN_FAILED && strcmp(c->addr, addr) == 0)
             return c;
     }
-    xfer_conn_t *c = ds4_calloc(1, sizeof(*c));
     unsigned char *hello = ds4_malloc(sizeof(xfer_hello_t) + x->manifest_len);
-    if (c == NULL || hello == NULL) {
-        ds4_free(c);
+    xfer_conn_t *c = hello != NULL ? ds4__xfer_conn_new(x) : NULL;
+    if (c == NULL) {
         ds4_free(hello);
         *st = DS4_ERR_NO_MEMORY;
         return NULL;
     }
-    c->x = x;
     c->outgoing = true;
     c->state = CONN_HELLO;
     snprintf(c->addr, sizeof(c->addr), "%s", addr);
     c->deadline_ns = ds4_clock_now_ns() + (uint64_t)x->p.connect_timeout_ms * 1000000u;
     *st = x->ops->connect(x->tp, addr, &c->tc);
     if (*st != DS4_OK) {
-        ds4_free(c);
+        c->state = CONN_FAILED; /* freed by the tick */
         ds4_free(hello);
         return NULL;
     }
     x->ops->conn_set_user(c->tc, c);
-    c->next = x->conns;
-    x->conns = c;
     xfer_hello_t h = {.manifest_len = (uint32_t)x->manifest_len};
     memcpy(hello, &h, sizeof(h));
     memcpy(hello + sizeof(h), x->manifest_buf, x->manifest_len);
@@ -355,7 +380,7 @@ static void preflight_bandwidth(ds4_xfer_h *x, xfer_conn_t *c)
         conn_refuse(x, c, DS4_ERR_NO_MEMORY, "preflight flush");
         return;
     }
-    *ctx = (flush_ctx_t){.x = x, .kind = FLUSH_PREFLIGHT, .conn = c};
+    *ctx = (flush_ctx_t){.x = x, .kind = FLUSH_PREFLIGHT, .conn_serial = c->serial};
     ds4_status_t st = x->ops->flush(x->tp, c->tc, flush_done, ctx);
     if (st != DS4_OK) {
         ds4_free(ctx);
@@ -550,6 +575,14 @@ void ds4__xfer_send_msg_in(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, c
             tx_finish(tx, st, text, PEER_ACK);
         return;
     }
+    case XFER_MSG_ABORT_ACK:
+        for (ds4_xfer_send_h *tx = x->sends; tx != NULL; tx = tx->next) {
+            if (tx->conn == c && tx->request_id == h->request_id && tx->awaiting_ack) {
+                tx_ack_done(tx);
+                break;
+            }
+        }
+        return;
     case XFER_MSG_ABORT: {
         ds4_xfer_send_h *tx = tx_find(x, c, h->request_id);
         if (tx == NULL)
@@ -753,6 +786,10 @@ void ds4__xfer_send_tick(ds4_xfer_h *x, uint64_t now_ns)
 {
     for (ds4_xfer_send_h *tx = x->sends, *next; tx != NULL; tx = next) {
         next = tx->next;
+        if (tx->awaiting_ack && now_ns > tx->ack_deadline_ns) {
+            tx_ack_done(tx); /* decode's quarantine timeout frees the blocks on its side */
+            continue;
+        }
         if (tx->state != TX_DONE && now_ns > tx->deadline_ns)
             tx_finish(tx, DS4_ERR_TIMEOUT, "kv transfer not verified before its deadline",
                       PEER_ABORT);
@@ -764,7 +801,10 @@ void ds4__xfer_send_destroy(ds4_xfer_h *x)
 {
     for (ds4_xfer_send_h *tx = x->sends, *next; tx != NULL; tx = next) {
         next = tx->next;
-        tx_finish(tx, DS4_ERR_SHUTDOWN, "prefill shutting down", PEER_NONE);
+        if (tx->awaiting_ack)
+            tx_ack_done(tx);
+        else
+            tx_finish(tx, DS4_ERR_SHUTDOWN, "prefill shutting down", PEER_NONE);
     }
 }
 
@@ -840,6 +880,7 @@ ds4_status_t ds4_xfer_send_start(ds4_xfer_h *x, const void *target, size_t targe
     pthread_mutex_init(&tx->lock, NULL);
     tx->x = x;
     tx->request_id = tx->target.hdr.request_id;
+    tx->manifest = x->p.manifest;
     tx->n_groups = n;
     tx->state = TX_QUEUED;
     tx->deadline_ms = deadline_ms;
@@ -872,7 +913,7 @@ ds4_status_t ds4_xfer_send_rows(ds4_xfer_send_h *tx, uint32_t group, uint64_t ro
         return DS4_ERR_INVALID_ARG;
     if (group >= tx->n_groups)
         return DS4_ERR_OUT_OF_RANGE;
-    const ds4_kv_group_t *g = ds4_kv_manifest_group(tx->x->p.manifest, group);
+    const ds4_kv_group_t *g = ds4_kv_manifest_group(tx->manifest, group);
     uint64_t rows = ds4_kv_group_rows(g, tx->target.hdr.n_tokens);
     pthread_mutex_lock(&tx->lock);
     ds4_status_t st = DS4_OK;
@@ -896,7 +937,7 @@ ds4_status_t ds4_xfer_send_group_end(ds4_xfer_send_h *tx, uint32_t group)
         return DS4_ERR_INVALID_ARG;
     if (group >= tx->n_groups)
         return DS4_ERR_OUT_OF_RANGE;
-    const ds4_kv_group_t *g = ds4_kv_manifest_group(tx->x->p.manifest, group);
+    const ds4_kv_group_t *g = ds4_kv_manifest_group(tx->manifest, group);
     uint64_t rows = ds4_kv_group_rows(g, tx->target.hdr.n_tokens);
     pthread_mutex_lock(&tx->lock);
     ds4_status_t st = DS4_OK;
@@ -914,7 +955,12 @@ ds4_status_t ds4_xfer_send_group_end(ds4_xfer_send_h *tx, uint32_t group)
 
 void ds4_xfer_send_abort(ds4_xfer_send_h *tx)
 {
-    if (tx != NULL)
+    if (tx == NULL)
+        return;
+    pthread_mutex_lock(&tx->lock);
+    bool finished = tx->finished;
+    pthread_mutex_unlock(&tx->lock);
+    if (!finished)
         enqueue(tx, OP_ABORT, 0, 0, 0, NULL);
 }
 

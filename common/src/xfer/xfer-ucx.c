@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <ucp/api/ucp.h>
 
 #define TP_AM_ID 23u
@@ -41,6 +42,7 @@ typedef struct tp_event {
     ds4_xfer_tp_done_cb cb;          /* DONE */
     void *arg;
     ds4_status_t status;
+    bool requeued;                   /* ERROR: already put back once behind pending messages */
     size_t len;
     unsigned char data[];            /* RECV payload */
 } tp_event_t;
@@ -362,6 +364,17 @@ static void tp_service(ds4_xfer_tp_t *tp)
             tp->ev_head = e->next;
             if (tp->ev_head == NULL)
                 tp->ev_tail = NULL;
+            if (e->type == TP_EV_ERROR && !e->requeued) {
+                /* A peer's last messages (an ABORT before it closed) may still sit in a
+                 * shared-memory FIFO while the disconnect arrived first: poll once more and
+                 * deliver the error behind whatever that brings in. */
+                e->requeued = true;
+                e->conn->refs--; /* tp_push_event takes the reference again */
+                while (ucp_worker_progress(tp->worker) != 0) {
+                }
+                tp_push_event(tp, e);
+                continue;
+            }
             tp_dispatch(tp, e);
             continue;
         }
@@ -560,30 +573,20 @@ static void tp_destroy(ds4_xfer_tp_t *tp)
     tp->destroying = true;
     for (ds4_xfer_tp_conn_t *c = tp->conns; c != NULL; c = c->next)
         c->closed = true;
-    /* Force-close every endpoint still open, then progress (bounded) until the requests and
-     * their events are drained so nothing leaks. */
+    /* Close every endpoint still open, flushing what was sent (a last ABORT must reach the
+     * peer) unless it already failed, then progress until the requests and their events are
+     * drained, at most a second. */
     for (ds4_xfer_tp_conn_t *c = tp->conns; c != NULL; c = c->next) {
-        if (c->ep != NULL) {
-            ucp_ep_h ep = c->ep;
-            c->ep = NULL;
-            c->close_pending = false;
-            tp_req_ctx_t *ctx = ds4_calloc(1, sizeof(*ctx));
-            DS4_ASSERT(ctx != NULL);
-            ctx->tp = tp;
-            ctx->closing = c;
-            ucp_request_param_t rp = {0};
-            rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                              UCP_OP_ATTR_FIELD_FLAGS;
-            rp.cb.send = tp_close_cb;
-            rp.user_data = ctx;
-            rp.flags = UCP_EP_CLOSE_FLAG_FORCE;
-            tp->inflight++;
-            ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &rp);
-            if (!UCS_PTR_IS_PTR(r))
-                tp_req_done(NULL, UCS_PTR_STATUS(r), ctx);
-        }
+        if (c->ep != NULL)
+            tp_issue_close(tp, c, false);
     }
-    for (int i = 0; i < 100000 && (tp->inflight > 0 || tp->ev_head != NULL); i++) {
+    uint64_t end_ns = 0;
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        end_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + 1000000000u;
+    }
+    while (tp->inflight > 0 || tp->ev_head != NULL) {
         ucp_worker_progress(tp->worker);
         while (tp->ev_head != NULL) {
             tp_event_t *e = tp->ev_head;
@@ -592,6 +595,10 @@ static void tp_destroy(ds4_xfer_tp_t *tp)
                 tp->ev_tail = NULL;
             tp_dispatch(tp, e);
         }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        if ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec > end_ns)
+            break;
     }
     if (tp->inflight > 0)
         ds4_log_warn("xfer ucx: %" PRIu64 " requests still in flight at shutdown", tp->inflight);
