@@ -16,8 +16,9 @@
  *   pre_tokenizer   Split (Regex or String pattern, behavior Isolated, invert false) and
  *                   ByteLevel (add_prefix_space false), alone or in a Sequence. Regexes are in
  *                   Oniguruma syntax (what the Rust library uses) and run on PCRE2 with JIT in
- *                   UTF + UCP mode; \s \S \d \w are rewritten to Oniguruma's Unicode
- *                   definitions so both engines split identically.
+ *                   UTF + UCP mode; \s \S \d \w \h are rewritten to Oniguruma's definitions
+ *                   and \p{..} classes widened to its Unicode 16.0 tables so both engines
+ *                   split identically (docs/tokenizer.md).
  *   decoder         ByteLevel. post_processor: null, ByteLevel or TemplateProcessing (ignored:
  *                   encode never adds special tokens; the chat encoding adds BOS itself).
  *
