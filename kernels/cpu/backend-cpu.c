@@ -8,6 +8,8 @@
 #include <cblas.h>
 #include <string.h>
 
+#define DS4_ROW_BLOCK 16
+
 struct ds4_backend {
     ds4_threadpool_h pool;
     int n_threads;
@@ -61,7 +63,7 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
     const ds4_weight_t *w = j->w;
     int64_t k = w->k;
     float *buf = NULL;
-    if (w->type != DS4_W_F32) {
+    if (w->type != DS4_W_F32 && w->f32 == NULL) {
         buf = ds4_malloc((size_t)(j->tile * k) * sizeof(float));
         DS4_ASSERT(buf != NULL);
     }
@@ -69,14 +71,21 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
         int64_t r0 = (int64_t)t * j->tile;
         int64_t nr = w->n - r0 < j->tile ? w->n - r0 : j->tile;
         const float *wt;
-        if (w->type == DS4_W_F32) {
+        if (w->f32 != NULL) {
+            wt = w->f32 + r0 * k;
+        } else if (w->type == DS4_W_F32) {
             wt = (const float *)w->data + r0 * k;
         } else {
             ds4_weight_dequant_rows(w, r0, nr, buf);
             wt = buf;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->m, (int)nr, (int)k, 1.0f,
-                    j->x, (int)k, wt, (int)k, 0.0f, j->y + r0, (int)j->ldy);
+        /* Fixed 16-row blocks: every sgemm call of a weight tile has the same shape, so
+         * OpenBLAS takes the same kernel and each row's sums do not depend on how many rows
+         * are computed together. */
+        for (int64_t b = 0; b < j->m; b += DS4_ROW_BLOCK)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, DS4_ROW_BLOCK, (int)nr, (int)k,
+                        1.0f, j->x + b * k, (int)k, wt, (int)k, 0.0f,
+                        j->y + b * j->ldy + r0, (int)j->ldy);
     }
     ds4_free(buf);
 }
@@ -100,11 +109,10 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
 {
     if (m <= 0 || w->n <= 0)
         return;
-    /* OpenBLAS takes other kernels for tiny m (results differ in the last bits), so small
-     * batches are padded to DS4_MIN_ROWS: every row's result is then independent of how many
-     * rows are computed together (chunked prefill == whole prefill, bitwise). */
-    enum { DS4_MIN_ROWS = 16 };
-    int64_t m_run = m < DS4_MIN_ROWS ? DS4_MIN_ROWS : m;
+    /* OpenBLAS picks kernels by shape (results differ in the last bits), so rows are padded
+     * to a multiple of DS4_ROW_BLOCK and computed in blocks of exactly that many: every row's
+     * result is independent of the batch (chunked prefill == whole prefill, bitwise). */
+    int64_t m_run = (m + DS4_ROW_BLOCK - 1) / DS4_ROW_BLOCK * DS4_ROW_BLOCK;
     float *ypad = NULL;
     float *yout = y;
     if (m_run != m) {
@@ -128,7 +136,7 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
         xin = xq;
     }
     mm_job_t j = {.w = w, .m = m_run, .x = xin, .y = yout, .ldy = w->n, .tile = 128};
-    if (w->type == DS4_W_F32 || w->type == DS4_W_BF16) {
+    if (w->type == DS4_W_F32 || w->type == DS4_W_BF16 || w->f32 != NULL) {
         /* Enough tiles for every thread, never below 64 rows. */
         int64_t per = (w->n + be->n_threads - 1) / be->n_threads;
         j.tile = per < 64 ? 64 : (per > 512 ? 512 : per);

@@ -147,6 +147,8 @@ ds4_weight_t ds4_weight_rows(const ds4_weight_t *w, int64_t r0, int64_t n)
 {
     ds4_weight_t v = *w;
     v.n = n;
+    if (w->f32 != NULL)
+        v.f32 = w->f32 + r0 * w->k;
     switch (w->type) {
     case DS4_W_F32:
         v.data = (const float *)w->data + r0 * w->k;

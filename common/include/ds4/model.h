@@ -49,6 +49,8 @@ typedef struct ds4_model_params {
     const char *backend;   /* "cpu" (default) */
     int n_threads;         /* 0 = all cores */
     bool progress;         /* log loading progress for large checkpoints */
+    uint64_t f32_cache_max_bytes; /* keep exact fp32 copies of all linear weights when they fit
+                                     (small models: no per-call dequantisation); 0 = never */
 } ds4_model_params_t;
 
 ds4_model_params_t ds4_model_params_default(void);

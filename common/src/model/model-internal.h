@@ -57,6 +57,7 @@ struct ds4_model {
     float rope_freq_window[64];  /* rope_head_dim/2 frequencies, no YaRN */
     float rope_freq_comp[64];    /* compress_rope_theta with YaRN */
     uint32_t row_bytes, index_row_bytes;
+    float *f32_cache;        /* exact fp32 copies of the linear weights (small models) */
 };
 
 typedef struct ds4_layer_state {

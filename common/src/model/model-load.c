@@ -160,9 +160,60 @@ static void load_layer(loader_t *ld, ds4_layer_w_t *L, int li)
     }
 }
 
+/* Every linear weight of the model (for the fp32 cache). */
+static int collect_weights(ds4_model_h m, ds4_weight_t **out, int cap)
+{
+    int n = 0;
+#define W(x) do { if ((x).data != NULL && n < cap) out[n++] = &(x); } while (0)
+    W(m->head);
+    for (int i = 0; i < m->n_total; i++) {
+        ds4_layer_w_t *L = &m->layers[i];
+        W(L->wq_a); W(L->wq_b); W(L->wkv); W(L->wo_a); W(L->wo_b);
+        W(L->cmp_wkv); W(L->cmp_wgate); W(L->idx_wq_b); W(L->idx_wproj);
+        W(L->idx_cmp_wkv); W(L->idx_cmp_wgate); W(L->gate);
+        W(L->sh_w1); W(L->sh_w2); W(L->sh_w3); W(L->e_proj); W(L->h_proj);
+        for (int e = 0; e < m->cfg.n_routed_experts * 3; e++)
+            W(L->experts[e]);
+    }
+#undef W
+    return n;
+}
+
+/* Exact fp32 copies of all linear weights when they fit in `budget` bytes (dequantisation of
+ * FP8/FP4/BF16 is exact, so results are unchanged; only per-call tile work disappears). */
+static ds4_status_t build_f32_cache(ds4_model_h m, uint64_t budget)
+{
+    int cap = 64 + m->n_total * (24 + 3 * m->cfg.n_routed_experts);
+    ds4_weight_t **ws = ds4_malloc_array((size_t)cap, sizeof(*ws));
+    if (ws == NULL)
+        return DS4_ERR_NO_MEMORY;
+    int n = collect_weights(m, ws, cap);
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += (uint64_t)ws[i]->n * (uint64_t)ws[i]->k * sizeof(float);
+    if (total > budget) {
+        ds4_free(ws);
+        return DS4_OK;
+    }
+    m->f32_cache = ds4_malloc(total > 0 ? total : 1);
+    if (m->f32_cache == NULL) {
+        ds4_free(ws);
+        return DS4_OK; /* optional: fall back to tile dequantisation */
+    }
+    float *p = m->f32_cache;
+    for (int i = 0; i < n; i++) {
+        ds4_weight_dequant_rows(ws[i], 0, ws[i]->n, p);
+        ws[i]->f32 = p;
+        p += ws[i]->n * ws[i]->k;
+    }
+    ds4_free(ws);
+    return DS4_OK;
+}
+
 ds4_model_params_t ds4_model_params_default(void)
 {
-    return (ds4_model_params_t){.backend = "cpu", .n_threads = 0, .progress = false};
+    return (ds4_model_params_t){.backend = "cpu", .n_threads = 0, .progress = false,
+                                .f32_cache_max_bytes = 512ull << 20};
 }
 
 /* Engine limits beyond the config loader's checks (fixed-size scratch in the kernels). */
@@ -255,6 +306,9 @@ ds4_status_t ds4_model_load(const char *dir, const ds4_model_params_t *params, d
     st = m->ops->create(p.n_threads, &m->be);
     if (st != DS4_OK)
         goto fail;
+    st = build_f32_cache(m, p.f32_cache_max_bytes);
+    if (st != DS4_OK)
+        goto fail;
     *out = m;
     return DS4_OK;
 fail:
@@ -273,6 +327,7 @@ void ds4_model_free(ds4_model_h m)
     }
     if (m->be != NULL)
         m->ops->destroy(m->be);
+    ds4_free(m->f32_cache);
     if (m->st != NULL)
         ds4_st_close(m->st);
     ds4_free(m);

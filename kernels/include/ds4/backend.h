@@ -46,6 +46,9 @@ typedef struct ds4_weight {
     int64_t k;             /* input features */
     const void *data;
     const uint8_t *scale;  /* ue8m0 bytes; NULL for F32/BF16 */
+    const float *f32;      /* optional exact fp32 copy of the dequantised weight [n, k] (small
+                            * models): used instead of per-call tile dequantisation; the type
+                            * still decides activation quantisation */
 } ds4_weight_t;
 
 /* Rows [r0, r0 + n) of `w` (r0 a multiple of 128 for FP8). */
