@@ -4,6 +4,7 @@
 
 #include "batcher.h"
 #include "ds4/alloc.h"
+#include "ds4/clock.h"
 #include "ds4/log.h"
 
 struct ds4_batcher {
@@ -155,6 +156,7 @@ static void thread_main(void *arg)
                 ev.kind = DS4_BEVENT_TOKEN;
                 ev.bseq = s;
                 ds4_sampler_sample(&s->sampler, s->logits, &ev.sample);
+                ev.sampled_ns = ds4_clock_now_ns();
                 ev.batch_size = (uint32_t)n_items;
                 s->last_token = ev.sample.token;
                 s->n_generated++;

@@ -55,6 +55,7 @@ typedef struct ds4_bevent {
     ds4_bseq_t *bseq;           /* after FINISH the loop owns it again (ds4_batcher_free_seq) */
     ds4_sample_out_t sample;    /* TOKEN */
     uint32_t batch_size;        /* TOKEN: sequences in the step that produced it */
+    uint64_t sampled_ns;        /* TOKEN: ds4_clock_now_ns() right after sampling */
     ds4_finish_t finish;        /* FINISH */
     uint32_t n_generated;       /* FINISH */
     char error[160];            /* FINISH with ERROR */

@@ -142,6 +142,7 @@ static void on_events(void *arg, const ds4_bevent_t *evs, size_t n)
             chunk.n_token_ids = 1;
             chunk.token_ids = &tok;
             chunk.batch_size = ev->batch_size;
+            chunk.sampled_mono_ns = ev->sampled_ns;
             if (r->bseq->sampler.p.n_logprobs > 0) {
                 lp.token_id = tok;
                 lp.logprob = ev->sample.logprob;

@@ -73,7 +73,7 @@ struct pjob {
     bool computed, sent_done;
     ds4_status_t compute_status, send_status;
     char compute_msg[160], send_msg[200];
-    uint64_t t0_ns, t_computed_ns, t_sent_ns;
+    uint64_t t0_ns, t_exported_ns, t_computed_ns, t_sent_ns;
 };
 
 static void job_maybe_end(pjob_t *j);
@@ -118,6 +118,7 @@ static ds4_status_t compute(prefill_t *pf, pjob_t *j)
         snprintf(j->compute_msg, sizeof(j->compute_msg), "export: %s", ds4_status_str(st));
         goto out;
     }
+    j->t_exported_ns = ds4_clock_now_ns();
     /* The export rows after the header are the manifest's groups in order. */
     uint64_t want = sizeof(ds4_seq_state_header_t) + ds4_kv_manifest_seq_bytes(pf->manifest, j->n);
     if (written != want) {
@@ -246,8 +247,9 @@ static void job_maybe_end(pjob_t *j)
             Ds4__Worker__V1__PrefillResponse resp = DS4__WORKER__V1__PREFILL_RESPONSE__INIT;
             resp.n_tokens = (uint32_t)j->n;
             resp.bytes_sent = j->state_len - sizeof(ds4_seq_state_header_t);
-            resp.compute_ms = (double)(j->t_computed_ns - j->t0_ns) / 1e6;
-            resp.transfer_ms = (double)(j->t_sent_ns - j->t_computed_ns) / 1e6;
+            resp.compute_ms = (double)(j->t_exported_ns - j->t0_ns) / 1e6;
+            /* from the end of compute (export) to the decode side's verification */
+            resp.transfer_ms = ((double)j->t_sent_ns - (double)j->t_exported_ns) / 1e6;
             ds4_series_add(pf->m_bytes, (double)resp.bytes_sent);
             ds4_series_observe(pf->m_xfer_seconds, resp.transfer_ms / 1e3);
             pf->done++;

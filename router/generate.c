@@ -163,7 +163,8 @@ static void on_client_cancel(ds4_rpc_call_h call, void *arg)
 }
 
 /* Sends one token to the client. */
-static void relay_token(request_t *r, uint32_t id, const Ds4__V1__TokenLogprob *lp)
+static void relay_token(request_t *r, uint32_t id, const Ds4__V1__TokenLogprob *lp,
+                        uint64_t sampled_ns)
 {
     router_t *rt = r->rt;
     uint64_t now = ds4_clock_now_ns();
@@ -178,6 +179,7 @@ static void relay_token(request_t *r, uint32_t id, const Ds4__V1__TokenLogprob *
     resp.request_id = r->client_id;
     resp.n_token_ids = 1;
     resp.token_ids = &id;
+    resp.sampled_mono_ns = sampled_ns;
     resp.channel = r->in_reasoning ? DS4__V1__CHANNEL__CHANNEL_REASONING
                                    : DS4__V1__CHANNEL__CHANNEL_CONTENT;
     Ds4__V1__TokenLogprob *lps[1] = {(Ds4__V1__TokenLogprob *)lp};
@@ -290,7 +292,8 @@ static void on_reserve_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, vo
     case DS4__WORKER__V1__RESERVE_EVENT__EVENT_TOKENS:
         for (size_t i = 0; i < ev->tokens->n_token_ids && r->call != NULL; i++)
             relay_token(r, ev->tokens->token_ids[i],
-                        i < ev->tokens->n_logprobs ? ev->tokens->logprobs[i] : NULL);
+                        i < ev->tokens->n_logprobs ? ev->tokens->logprobs[i] : NULL,
+                        ev->tokens->sampled_mono_ns);
         break;
     case DS4__WORKER__V1__RESERVE_EVENT__EVENT_FINISH:
         r->finished_event = true;

@@ -20,14 +20,15 @@ uint32_t router_max_context(router_t *rt)
     return m;
 }
 
-/* Ids must be below both the tokenizer's range and every live worker's model vocabulary. */
+/* Ids must be below every live worker's model vocabulary (the tokenizer's range when no
+ * worker says). */
 static uint32_t vocab_limit(router_t *rt)
 {
-    uint32_t n = ds4_tokenizer_n_ids(rt->tok);
+    uint32_t n = 0;
     for (ds4_worker_t *w = rt->registry.head; w != NULL; w = w->next)
-        if (w->vocab_size != 0 && w->vocab_size < n)
+        if (w->vocab_size != 0 && (n == 0 || w->vocab_size < n))
             n = w->vocab_size;
-    return n;
+    return n != 0 ? n : ds4_tokenizer_n_ids(rt->tok);
 }
 
 static void join_diag(const ds4_diag_t *d, char *msg, size_t len)
