@@ -47,9 +47,12 @@ static void test_encode_rows(void)
                            "{\"text\": \"<｜User｜>你好<｜Assistant｜>\"}\n"
                            "not json\n"
                            "{\"text\": 5}\n"
-                           "{\"text\": \"again\"}\n",
+                           "{\"text\": \"again\"}\n"
+                           "{\"text\": \"ab\xff\"}\n",
                            &st);
-    DS4_CHECK_EQ_INT(json_array_size(out), 4);
+    DS4_CHECK_EQ_INT(json_array_size(out), 5);
+    DS4_CHECK_STR_CONTAINS(error_of(out, 4), "DS4_ERR_INVALID_UTF8: line: invalid UTF-8 at byte "
+                                             "offset 12");
     json_t *ids = json_object_get(json_array_get(out, 0), "ids");
     DS4_CHECK_EQ_INT(json_array_size(ids), 3);
     DS4_CHECK_EQ_INT(json_integer_value(json_array_get(ids, 0)), 128803);

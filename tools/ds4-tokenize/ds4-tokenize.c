@@ -227,7 +227,16 @@ int main(int argc, char **argv)
         ds4_diag_t diag;
         ds4_diag_init(&diag);
         json_t *row = NULL;
-        ds4_status_t st = ds4_json_load_buf(line, (size_t)n, "line", &row, &diag);
+        size_t bad = 0;
+        ds4_status_t st = DS4_OK;
+        if (!ds4_utf8_validate(line, (size_t)n, &bad)) {
+            /* JSON text must be UTF-8: name the offending byte instead of a JSON error */
+            ds4_diag_addf(&diag, "line", "invalid UTF-8 at byte offset %zu of the line (byte "
+                          "0x%02x)", bad, (unsigned)(unsigned char)line[bad]);
+            st = DS4_ERR_INVALID_UTF8;
+        } else {
+            st = ds4_json_load_buf(line, (size_t)n, "line", &row, &diag);
+        }
         if (st == DS4_OK && !json_is_object(row)) {
             ds4_diag_addf(&diag, "line", "expected a JSON object");
             st = DS4_ERR_BAD_REQUEST;
