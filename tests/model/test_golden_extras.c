@@ -141,8 +141,15 @@ static void test_final_streams(void)
             nd += g_final[p * row + e] != ref[p * row + e];
         if (nd > 0 && first < 0)
             first = p;
-        if (getenv("DS4_TEST_VERBOSE") != NULL && p < 64)
-            printf("final streams pos %d: %d differ\n", p, nd);
+        if (getenv("DS4_TEST_VERBOSE") != NULL && p < 64) {
+            double md = 0, mr = 0;
+            for (size_t e = 0; e < row; e++) {
+                double dd = fabs(g_final[p * row + e] - ref[p * row + e]);
+                md = dd > md ? dd : md;
+                mr = fabs(ref[p * row + e]) > mr ? fabs(ref[p * row + e]) : mr;
+            }
+            printf("final streams pos %d: %d differ rel %.4f\n", p, nd, md / mr);
+        }
     }
     printf("final streams: first differing position %d\n", first);
     ds4_free(ref);
