@@ -467,6 +467,13 @@ static ds4_status_t tp_create(uv_loop_t *loop, const char *listen_addr,
     tp->loop = loop;
     tp->ev = *events;
 
+    /* Bulk puts over UCX TCP: the 8 KiB default segments and kernel-default socket buffers cap
+     * loopback throughput far below a plain socket. Larger ones unless the user set them (the
+     * transport keys are only honoured from the environment, read by ucp_config_read). */
+    setenv("UCX_TCP_TX_SEG_SIZE", "256k", 0);
+    setenv("UCX_TCP_RX_SEG_SIZE", "256k", 0);
+    setenv("UCX_TCP_SNDBUF", "4m", 0);
+    setenv("UCX_TCP_RCVBUF", "4m", 0);
     ucp_config_t *config = NULL;
     s = ucp_config_read(NULL, NULL, &config);
     if (s != UCS_OK) {
