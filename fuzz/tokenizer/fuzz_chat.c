@@ -47,6 +47,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         json_decref(messages);
     }
 
+    /* the same text as a tool call's arguments (Python-style json.loads of arguments) */
+    if (ds4_utf8_validate(text, len, NULL)) {
+        json_t *m = json_pack("[{s:s,s:s},{s:s,s:s,s:[{s:s,s:{s:s,s:s%}}]}]", "role", "user",
+                              "content", "q", "role", "assistant", "content", "", "tool_calls",
+                              "id", "c", "function", "name", "f", "arguments", text, len);
+        if (m != NULL) {
+            ds4_chat_params_t p = ds4_chat_params_default();
+            char *prompt = NULL;
+            size_t plen = 0;
+            ds4_status_t st = ds4_chat_encode(m, &p, &prompt, &plen, NULL);
+            DS4_ASSERT(st == DS4_OK || st == DS4_ERR_TEMPLATE || st == DS4_ERR_NO_MEMORY);
+            if (st == DS4_OK)
+                DS4_ASSERT(ds4_utf8_validate(prompt, plen, NULL));
+            ds4_free(prompt);
+            json_decref(m);
+        }
+    }
+
     for (int mode = 0; mode < 2; mode++) {
         json_t *msg = NULL;
         ds4_status_t st = ds4_chat_parse(text, len, (ds4_chat_mode_t)mode, &msg, NULL);

@@ -338,6 +338,40 @@ static void test_parse_tool_call_arguments(void)
     json_decref(msg);
 }
 
+/* Renders one assistant tool call with `args` and checks the DSML parameters. */
+static void check_arguments(const char *args, const char *want_params)
+{
+    json_t *m = json_pack("[{s:s,s:s},{s:s,s:s,s:[{s:s,s:s,s:{s:s,s:s}}]}]", "role", "user",
+                          "content", "q", "role", "assistant", "content", "", "tool_calls",
+                          "id", "c", "type", "function", "function", "name", "f", "arguments",
+                          args);
+    ds4_chat_params_t p = ds4_chat_params_default();
+    char *prompt = NULL;
+    DS4_CHECK_STATUS(ds4_chat_encode(m, &p, &prompt, NULL, NULL), DS4_OK);
+    DS4_CHECK_STR_CONTAINS(prompt, want_params);
+    ds4_free(prompt);
+    json_decref(m);
+}
+
+static void test_python_json_arguments(void)
+{
+    /* expected parameters are what the official encode_arguments_to_dsml writes (Python's
+     * json.loads: unbounded ints, -0 → 0, repeated keys, NaN, 1e400 → Infinity) */
+    check_arguments("{\"n\": 123456789012345678901234567890, \"z\": -0}",
+                    "<｜DSML｜parameter name=\"n\" string=\"false\">123456789012345678901234567890"
+                    "</｜DSML｜parameter>\n<｜DSML｜parameter name=\"z\" string=\"false\">0"
+                    "</｜DSML｜parameter>");
+    check_arguments("{\"a\": 1, \"b\": 2, \"a\": 3}",
+                    "<｜DSML｜parameter name=\"a\" string=\"false\">3</｜DSML｜parameter>\n"
+                    "<｜DSML｜parameter name=\"b\" string=\"false\">2</｜DSML｜parameter>");
+    check_arguments("{\"x\": NaN, \"y\": 1e400, \"w\": 0.1e-3}",
+                    "<｜DSML｜parameter name=\"x\" string=\"false\">NaN</｜DSML｜parameter>\n"
+                    "<｜DSML｜parameter name=\"y\" string=\"false\">Infinity</｜DSML｜parameter>\n"
+                    "<｜DSML｜parameter name=\"w\" string=\"false\">0.0001</｜DSML｜parameter>");
+    check_arguments("{\"a\": 1} x", /* not JSON for Python: one raw "arguments" parameter */
+                    "<｜DSML｜parameter name=\"arguments\" string=\"true\">{\"a\": 1} x<");
+}
+
 static void check_dump(const char *json_in, const char *python_out)
 {
     json_t *v = json_loads(json_in, JSON_DECODE_ANY, NULL);
@@ -374,5 +408,6 @@ int main(void)
     DS4_RUN(test_bad_completions);
     DS4_RUN(test_parse_tool_call_arguments);
     DS4_RUN(test_python_json);
+    DS4_RUN(test_python_json_arguments);
     return ds4_test_finish();
 }

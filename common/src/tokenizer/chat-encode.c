@@ -262,13 +262,15 @@ static int validate_message(const json_t *m, size_t i, const json_t *last_calls,
                 else if (!json_is_string(args) && !json_is_object(args))
                     BAD(pp, "function.arguments must be a JSON string or an object");
                 else if (json_is_string(args)) {
-                    json_error_t err;
-                    json_t *v = json_loadb(json_string_value(args), json_string_length(args),
-                                           JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
-                    if (v != NULL && !json_is_object(v))
-                        BAD(pp, "function.arguments is JSON but not an object (%s)",
-                            ds4_json_type_name(v));
-                    json_decref(v);
+                    ds4__pyarg_t *a = NULL;
+                    size_t na = 0;
+                    int prc = ds4__pyargs_parse(json_string_value(args),
+                                               json_string_length(args), &a, &na);
+                    ds4__pyargs_free(a, na);
+                    if (prc == -1)
+                        BAD(pp, "function.arguments is JSON but not an object");
+                    else if (prc == -3)
+                        BAD(pp, "function.arguments holds a lone UTF-16 surrogate escape");
                 }
             }
     }
@@ -503,54 +505,51 @@ static void render_extras(ds4_str_t *s, const json_t *src)
     }
 }
 
-/* encode_arguments_to_dsml for one call. */
-static ds4_status_t render_arguments(ds4_str_t *s, const json_t *args, const char *path,
-                                     ds4_diag_t *diag)
+static void render_param(ds4_str_t *s, const char *key, size_t key_len, bool is_string,
+                         const char *value, size_t value_len)
 {
-    json_t *parsed = NULL;
-    json_t *wrapper = NULL;
-    const json_t *obj = NULL;
+    ds4__str_puts(s, "<" DSML "parameter name=\"");
+    ds4__str_put(s, key, key_len);
+    ds4__str_puts(s, is_string ? "\" string=\"true\">" : "\" string=\"false\">");
+    ds4__str_put(s, value, value_len);
+    ds4__str_puts(s, "</" DSML "parameter>");
+}
+
+/* encode_arguments_to_dsml for one call (arguments validated by validate_message). */
+static ds4_status_t render_arguments(ds4_str_t *s, const json_t *args)
+{
     if (json_is_string(args)) {
-        json_error_t err;
-        parsed = json_loadb(json_string_value(args), json_string_length(args),
-                            JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
-    }
-    if (parsed != NULL) {
-        if (!json_is_object(parsed)) {
-            ds4__chat_diag(diag, path, "function.arguments is JSON but not an object (%s)",
-                           ds4_json_type_name(parsed));
-            json_decref(parsed);
-            return DS4_ERR_TEMPLATE;
+        ds4__pyarg_t *a = NULL;
+        size_t n = 0;
+        int rc = ds4__pyargs_parse(json_string_value(args), json_string_length(args), &a, &n);
+        if (rc == 1) {
+            for (size_t i = 0; i < n; i++) {
+                if (i > 0)
+                    ds4__str_put(s, "\n", 1);
+                render_param(s, a[i].key, a[i].key_len, a[i].is_string, a[i].value,
+                             a[i].value_len);
+            }
+            ds4__pyargs_free(a, n);
+            return DS4_OK;
         }
-        obj = parsed;
-    } else {
-        /* not JSON: the whole value becomes one parameter named "arguments" */
-        wrapper = json_object();
-        if (wrapper == NULL || json_object_set(wrapper, "arguments", (json_t *)args) != 0) {
-            json_decref(wrapper);
+        if (rc == -2)
             return DS4_ERR_NO_MEMORY;
-        }
-        obj = wrapper;
+        if (rc != 0)
+            return DS4_ERR_INTERNAL; /* rejected by validate_message */
+        /* not JSON: the whole string becomes one parameter named "arguments" */
+        render_param(s, "arguments", 9, true, json_string_value(args),
+                     json_string_length(args));
+        return DS4_OK;
     }
-    const char *key;
-    json_t *val;
-    bool first = true;
-    json_object_foreach((json_t *)obj, key, val)
-    {
-        if (!first)
-            ds4__str_put(s, "\n", 1);
-        first = false;
-        ds4__str_puts(s, "<" DSML "parameter name=\"");
-        ds4__str_puts(s, key);
-        ds4__str_puts(s, json_is_string(val) ? "\" string=\"true\">" : "\" string=\"false\">");
-        if (json_is_string(val))
-            ds4__str_put(s, json_string_value(val), json_string_length(val));
-        else
-            ds4__pyjson_dump(s, val);
-        ds4__str_puts(s, "</" DSML "parameter>");
+    /* an object (json.loads fails on a dict): one parameter "arguments" holding its JSON */
+    ds4_str_t v = {0};
+    ds4__pyjson_dump(&v, args);
+    if (v.oom) {
+        ds4__str_free(&v);
+        return DS4_ERR_NO_MEMORY;
     }
-    json_decref(parsed);
-    json_decref(wrapper);
+    render_param(s, "arguments", 9, false, v.p, v.n);
+    ds4__str_free(&v);
     return DS4_OK;
 }
 
@@ -634,15 +633,12 @@ static ds4_status_t render_message(ds4_str_t *s, const cmsg_t *msgs, size_t n, s
             json_array_foreach(calls, i, tc)
             {
                 const json_t *fn = json_object_get(tc, "function");
-                char path[64];
-                snprintf(path, sizeof(path), "tool_calls[%zu]", i);
                 if (i > 0)
                     ds4__str_put(s, "\n", 1);
                 ds4__str_puts(s, "<" DSML "invoke name=\"");
                 ds4__str_puts(s, json_string_value(json_object_get(fn, "name")));
                 ds4__str_puts(s, "\">\n");
-                ds4_status_t st = render_arguments(s, json_object_get(fn, "arguments"), path,
-                                                   diag);
+                ds4_status_t st = render_arguments(s, json_object_get(fn, "arguments"));
                 if (st != DS4_OK)
                     return st;
                 ds4__str_puts(s, "\n</" DSML "invoke>");

@@ -88,7 +88,7 @@ void ds4__pyjson_string(ds4_str_t *s, const char *p, size_t n)
 }
 
 /* Python's repr(float): the shortest digits that round-trip, fixed for 1e-4 <= |v| < 1e16. */
-static void py_float(ds4_str_t *s, double v)
+void ds4__pyjson_float(ds4_str_t *s, double v)
 {
     if (isnan(v)) {
         ds4__str_puts(s, "NaN");
@@ -193,7 +193,7 @@ void ds4__pyjson_dump(ds4_str_t *s, const json_t *v)
         ds4__str_puts(s, buf);
         break;
     case JSON_REAL:
-        py_float(s, json_real_value(v));
+        ds4__pyjson_float(s, json_real_value(v));
         break;
     case JSON_TRUE: ds4__str_puts(s, "true"); break;
     case JSON_FALSE: ds4__str_puts(s, "false"); break;
