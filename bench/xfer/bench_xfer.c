@@ -409,7 +409,8 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--peer") == 0 && i + 1 < argc)
             snprintf(peer_bin, sizeof(peer_bin), "%s", argv[++i]);
         else {
-            fprintf(stderr, "usage: ds4-bench-xfer [--config C] [--quick] [--skip-tcp] [--peer P]\n");
+            fprintf(stderr, "usage: ds4-bench-xfer [--config C] [--quick] [--skip-tcp] "
+                            "[--peer P]\n");
             return 2;
         }
     }
@@ -570,7 +571,8 @@ int main(int argc, char **argv)
     if (!skip_tcp)
         printf("; tcp link [%s] latency %.1f us, %.2f GB/s", tcp_link.info.transports,
                tcp_link.latency_us, tcp_link.bandwidth_bps / 1e9);
-    printf("\n\n(a) UCX shared memory push (until verified at decode) vs memcpy of the same bytes\n");
+    printf("\n\n(a) UCX shared memory push (until verified at decode) vs memcpy of the same "
+           "bytes\n");
     printf("    %-12s %10s %12s %12s %14s %8s\n", "size", "tokens", "GiB", "memcpy GB/s",
            "ucx shm GB/s", "ratio");
     for (int i = 0; i < 2; i++)
@@ -596,7 +598,8 @@ int main(int argc, char **argv)
            " tokens (%.1f MiB), %u chunks, %u us compute per layer and chunk, shm\n",
            c_tokens, c_bytes / 1048576.0, c_chunks, c_layer_us);
     printf("    %-22s %10s\n", "mode", "tail ms");
-    printf("    %-22s %10.2f\n", "layer-pipelined", 1e3 * (pipe_run.t_done - pipe_run.t_last_layer));
+    printf("    %-22s %10.2f\n", "layer-pipelined",
+           1e3 * (pipe_run.t_done - pipe_run.t_last_layer));
     printf("    %-22s %10.2f\n", "push-after-prefill",
            1e3 * (after_run.t_done - after_run.t_last_layer));
     printf("    one layer group (largest layer, %.1f MiB at %.2f GB/s): %.2f ms; pipelined tail / "

@@ -396,8 +396,10 @@ static int run_prefill(const opts_t *o)
     }
     uint32_t n_groups = ds4_kv_manifest_n_groups(manifest);
     n_layers_total = 0;
-    for (uint32_t g = 0; g < n_groups; g++)
-        n_layers_total = DS4_MAX(n_layers_total, (uint32_t)ds4_kv_manifest_group(manifest, g)->layer + 1);
+    for (uint32_t g = 0; g < n_groups; g++) {
+        uint32_t layer = (uint32_t)ds4_kv_manifest_group(manifest, g)->layer;
+        n_layers_total = DS4_MAX(n_layers_total, layer + 1);
+    }
     for (int i = 0; i < o->n_targets; i++) {
         FILE *f = fopen(o->targets[i], "rb");
         static unsigned char blob[1u << 22];

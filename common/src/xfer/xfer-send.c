@@ -452,7 +452,8 @@ static void *prefault_main(void *arg)
 static void prefault_region(ds4_xfer_h *x, ds4_xfer_tp_rkey_t *rkey, uint64_t addr, uint64_t len)
 {
     void *local = NULL;
-    if (len == 0 || x->ops->rkey_ptr == NULL || x->ops->rkey_ptr(x->tp, rkey, addr, &local) != DS4_OK)
+    if (len == 0 || x->ops->rkey_ptr == NULL ||
+        x->ops->rkey_ptr(x->tp, rkey, addr, &local) != DS4_OK)
         return;
     uintptr_t begin = (uintptr_t)local & ~(uintptr_t)4095u;
     prefault_job_t *j = ds4_malloc(sizeof(*j));

@@ -122,7 +122,8 @@ ds4_status_t ds4_xfer_target_decode(const void *buf, size_t len, const ds4_kv_ma
     }
     /* every block must lie inside the registered region */
     for (int k = 0; k < DS4_KV_N_KINDS; k++) {
-        uint64_t end = t.table.kind_offset[k] + (uint64_t)t.table.n_blocks[k] * t.table.block_bytes[k];
+        uint64_t end = t.table.kind_offset[k] +
+                       (uint64_t)t.table.n_blocks[k] * t.table.block_bytes[k];
         if (end > t.hdr.region_bytes || end < t.table.kind_offset[k]) {
             snprintf(why, why_len, "kv target: kind %s blocks exceed the region",
                      ds4_kv_kind_name((ds4_kv_group_kind_t)k));
