@@ -269,7 +269,7 @@ int main(int argc, char **argv)
         .model = "ds4-tiny",
         .log_level = "info",
         .heartbeat_interval_ms = 500,
-        .liveness_timeout_ms = 3000,
+        .liveness_timeout_ms = 10000,
         .drain_timeout_ms = 30000,
         .default_timeout_ms = 600000,
         .max_logprobs = 20,

@@ -111,7 +111,7 @@ bool pdh_start(proc_t *p, const char *name, const char *exe_rel, const char *con
 bool pdh_start_router(proc_t *p, const char *extra_flag)
 {
     const char *args[] = {"--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-                          "--heartbeat-interval-ms", "100", "--liveness-timeout-ms", "1500",
+                          "--heartbeat-interval-ms", "100", "--liveness-timeout-ms", "5000",
                           "--drain-timeout-ms", "5000", extra_flag, NULL};
     return pdh_start(p, "router", "router/ds4-router", args);
 }
@@ -397,11 +397,16 @@ bool pdh_ref_generate(const gen_t *g, int32_t *out, size_t *n_out)
         ds4_seq_destroy(seq);
         return false;
     }
-    /* The whole prompt in one step: the engine is chunking-invariant, so this is the
-     * independent single-process answer to the cluster's chunked, transferred computation. */
-    ds4_step_item_t it = {.seq = seq, .tokens = g->ids, .n_tokens = (int32_t)g->n_ids,
-                          .logits = logits};
-    bool ok = ds4_model_step(ref_model, &it, 1, NULL) == DS4_OK;
+    /* The whole prompt in one step (in 8192-token steps beyond that, to bound memory; the
+     * engine is chunking-invariant): the independent single-process answer to the cluster's
+     * chunked, transferred computation. */
+    bool ok = true;
+    for (size_t off = 0; ok && off < g->n_ids; off += 8192) {
+        size_t n = g->n_ids - off < 8192 ? g->n_ids - off : 8192;
+        ds4_step_item_t it = {.seq = seq, .tokens = g->ids + off, .n_tokens = (int32_t)n,
+                              .logits = off + n == g->n_ids ? logits : NULL};
+        ok = ds4_model_step(ref_model, &it, 1, NULL) == DS4_OK;
+    }
     size_t n = 0;
     while (ok && n < g->max_tokens) {
         ds4_sample_out_t so;
