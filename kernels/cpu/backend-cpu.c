@@ -8,7 +8,9 @@
 #include <cblas.h>
 #include <string.h>
 
+#ifndef DS4_ROW_BLOCK
 #define DS4_ROW_BLOCK 16
+#endif
 
 struct ds4_backend {
     ds4_threadpool_h pool;

@@ -28,6 +28,18 @@ static int round_scale_exp(float amax, float inv_max)
     return e - 127 + ((b & 0x7fffffu) != 0 ? 1 : 0);
 }
 
+/* Value of ds4_f32_to_e4m3(q) for |q| <= 448, without building the code byte: normal range
+ * by round-to-nearest-even of the fp32 mantissa to 3 bits, subnormals on the 2^-9 grid. */
+static inline float e4m3_round(float q)
+{
+    float a = fabsf(q);
+    if (a < 0.015625f) /* 2^-6: e4m3 subnormal grid */
+        return rintf(q * 512.0f) * (1.0f / 512.0f);
+    uint32_t u = ds4_f32_to_bits(q);
+    u += 0x7ffffu + ((u >> 20) & 1u);
+    return ds4_bits_to_f32(u & 0xfff00000u);
+}
+
 void ds4_act_quant_fp8(const float *x, int64_t n, int block, float *out, uint8_t *codes,
                        uint8_t *scales)
 {
@@ -45,13 +57,20 @@ void ds4_act_quant_fp8(const float *x, int64_t n, int block, float *out, uint8_t
         int k = round_scale_exp(amax, inv448);
         float s = ldexpf(1.0f, k);
         float inv_s = ldexpf(1.0f, -k);
-        for (int64_t i = 0; i < len; i++) {
-            float q = x[b0 + i] * inv_s;
-            q = q > 448.0f ? 448.0f : (q < -448.0f ? -448.0f : q);
-            uint8_t c = ds4_f32_to_e4m3(q);
-            if (codes != NULL)
+        if (codes == NULL) {
+            for (int64_t i = 0; i < len; i++) {
+                float q = x[b0 + i] * inv_s;
+                q = q > 448.0f ? 448.0f : (q < -448.0f ? -448.0f : q);
+                out[b0 + i] = e4m3_round(q) * s;
+            }
+        } else {
+            for (int64_t i = 0; i < len; i++) {
+                float q = x[b0 + i] * inv_s;
+                q = q > 448.0f ? 448.0f : (q < -448.0f ? -448.0f : q);
+                uint8_t c = ds4_f32_to_e4m3(q);
                 codes[b0 + i] = c;
-            out[b0 + i] = g_e4m3_lut[c] * s;
+                out[b0 + i] = g_e4m3_lut[c] * s;
+            }
         }
         if (scales != NULL)
             scales[b0 / block] = ds4_e8m0_from_exp(k);

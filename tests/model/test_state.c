@@ -185,6 +185,17 @@ static void test_import_rejects_corruption(void)
     buf[0] ^= 1;
     DS4_CHECK_STATUS(ds4_seq_import(g_model, buf, n, &t), DS4_OK);
     DS4_CHECK(ds4_seq_pos(t) == 45);
+    /* per-layer export == the matching slice of the full export */
+    uint64_t off = sizeof(ds4_seq_state_header_t);
+    int n_layers = ds4_model_config(g_model)->n_layers + ds4_model_config(g_model)->n_mtp_layers;
+    for (int l = 0; l < n_layers; l++) {
+        uint8_t lb[1 << 17];
+        uint64_t lw = 0;
+        DS4_CHECK_STATUS(ds4_seq_export_layer(s, l, lb, sizeof(lb), &lw), DS4_OK);
+        DS4_CHECK(off + lw <= n && memcmp(lb, buf + off, lw) == 0);
+        off += lw;
+    }
+    DS4_CHECK(off == n);
     ds4_seq_destroy(t);
     ds4_free(buf);
     ds4_seq_destroy(s);

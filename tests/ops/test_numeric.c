@@ -87,6 +87,27 @@ static void test_bf16_round(void)
     DS4_CHECKF(bad == 0, "%d bf16 mismatches", bad);
 }
 
+/* The fast value path of ds4_act_quant_fp8 (no code bytes) equals the code path bitwise. */
+static void test_act_quant_fast_path(void)
+{
+    enum { N = 1 << 16 };
+    static float x[N], a[N], b[N];
+    static uint8_t codes[N], sc[N / 64];
+    uint32_t st = 12345;
+    for (int i = 0; i < N; i++) {
+        st = st * 1664525u + 1013904223u;
+        /* bf16 values over many binades, including ties and subnormal-scaled ones */
+        float v = ldexpf((float)((st >> 8) & 0xff) / 128.0f - 1.0f, (int)((st >> 20) % 40) - 30);
+        x[i] = ds4_round_bf16(v);
+    }
+    ds4_act_quant_fp8(x, N, 64, a, NULL, NULL);
+    ds4_act_quant_fp8(x, N, 64, b, codes, sc);
+    int bad = 0;
+    for (int i = 0; i < N; i++)
+        bad += ds4_f32_to_bits(a[i]) != ds4_f32_to_bits(b[i]);
+    DS4_CHECKF(bad == 0, "%d fast-path mismatches", bad);
+}
+
 static void test_act_quant_scale(void)
 {
     /* amax 448 -> scale 1; amax 449 -> 2; tiny block -> clamp 1e-4 */
@@ -121,5 +142,6 @@ int main(void)
     DS4_RUN(test_e2m1_brute);
     DS4_RUN(test_bf16_round);
     DS4_RUN(test_act_quant_scale);
+    DS4_RUN(test_act_quant_fast_path);
     return ds4_test_finish();
 }

@@ -175,6 +175,10 @@ void ds4_seq_layer_bytes(ds4_seq_h seq, int layer, ds4_seq_layer_bytes_t *out);
 uint64_t ds4_seq_export_bytes(ds4_seq_h seq);
 /* Writes the state into buf (cap bytes); DS4_ERR_OUT_OF_RANGE when too small. */
 ds4_status_t ds4_seq_export(ds4_seq_h seq, void *buf, uint64_t cap, uint64_t *written);
+/* One layer's groups only (window | compressed | index | tail, as in the full export), e.g. to
+ * ship a layer from the layer_done hook; DS4_ERR_OUT_OF_RANGE when cap is too small. */
+ds4_status_t ds4_seq_export_layer(ds4_seq_h seq, int layer, void *buf, uint64_t cap,
+                                  uint64_t *written);
 /* Creates a sequence from an exported state; validates header and sizes (DS4_ERR_KV_CORRUPT). */
 ds4_status_t ds4_seq_import(ds4_model_h model, const void *buf, uint64_t len, ds4_seq_h *out);
 

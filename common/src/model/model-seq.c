@@ -215,6 +215,32 @@ ds4_status_t ds4_seq_export(ds4_seq_h s, void *buf, uint64_t cap, uint64_t *writ
     return DS4_OK;
 }
 
+ds4_status_t ds4_seq_export_layer(ds4_seq_h s, int layer, void *buf, uint64_t cap,
+                                  uint64_t *written)
+{
+    if (layer < 0 || layer >= s->model->n_total)
+        return DS4_ERR_INVALID_ARG;
+    const ds4_layer_state_t *ls = &s->ls[layer];
+    ds4_seq_layer_bytes_t b;
+    ds4_seq_layer_bytes(s, layer, &b);
+    uint64_t need = b.window + b.compressed + b.index + b.tail;
+    if (cap < need)
+        return DS4_ERR_OUT_OF_RANGE;
+    uint8_t *p = buf;
+    memcpy(p, ls->ring, b.window);
+    p += b.window;
+    if (b.compressed > 0)
+        memcpy(p, ls->comp, b.compressed);
+    p += b.compressed;
+    if (b.index > 0)
+        memcpy(p, ls->idx, b.index);
+    p += b.index;
+    if (b.tail > 0)
+        memcpy(p, ls->tail, b.tail);
+    *written = need;
+    return DS4_OK;
+}
+
 ds4_status_t ds4_seq_import(ds4_model_h m, const void *buf, uint64_t len, ds4_seq_h *out)
 {
     const uint8_t *p = buf;
