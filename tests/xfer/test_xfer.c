@@ -320,6 +320,70 @@ static uint64_t pool_used(ds4_xfer_h *x)
     return s.used_blocks_all + s.n_tables;
 }
 
+/* ------------------------------------------------- the KV target blob rejects any damage */
+
+static void test_target_rejects_damage(void)
+{
+    ds4_kv_manifest_h *m = manifest_of("tiny-a");
+    ds4_kv_manifest_h *other = manifest_of("v4-flash");
+    if (m == NULL || other == NULL)
+        return;
+    ds4_xfer_h *x = decode_up(m, 4096, 1);
+    if (x == NULL)
+        return;
+    void *blob = NULL;
+    size_t len = 0;
+    DS4_CHECK_STATUS(ds4_xfer_reserve(x, 77, 4096, 5000, &blob, &len), DS4_OK);
+    DS4_CHECK_STATUS(ds4_xfer_reserve(x, 77, 4096, 5000, &blob, &len), DS4_ERR_EXISTS);
+    void *none = NULL;
+    size_t none_len = 0;
+    DS4_CHECK_STATUS(ds4_xfer_reserve(x, 78, 4096, 5000, &none, &none_len), DS4_ERR_NO_BLOCKS);
+    ds4_xfer_target_t t;
+    char why[256];
+    DS4_CHECK_STATUS(ds4_xfer_target_decode(blob, len, m, &t, why, sizeof(why)), DS4_OK);
+    DS4_CHECK_EQ_INT(t.hdr.request_id, 77);
+    DS4_CHECK_EQ_INT(t.hdr.decode_incarnation, ds4_xfer_incarnation(x));
+    DS4_CHECK(strcmp(t.addr, ds4_xfer_address(x)) == 0);
+    /* a target for another model is refused before anything is sent */
+    DS4_CHECK_STATUS(ds4_xfer_target_decode(blob, len, other, &t, why, sizeof(why)),
+                     DS4_ERR_KV_MANIFEST);
+    unsigned char *p = blob;
+    int accepted = 0;
+    for (size_t i = 0; i < len; i++) {
+        for (int bit = 0; bit < 8; bit += 3) {
+            p[i] ^= (unsigned char)(1u << bit);
+            accepted += ds4_xfer_target_decode(blob, len, m, &t, why, sizeof(why)) == DS4_OK;
+            p[i] ^= (unsigned char)(1u << bit);
+        }
+    }
+    DS4_CHECK_EQ_INT(accepted, 0);
+    for (size_t cut = 0; cut < len; cut += 7)
+        DS4_CHECK(ds4_xfer_target_decode(blob, cut, m, &t, why, sizeof(why)) != DS4_OK);
+    /* the sender refuses it synchronously too */
+    p[10] ^= 1;
+    ds4_xfer_send_h *tx = NULL;
+    DS4_CHECK(ds4_xfer_send_start(x, blob, len, 1000, NULL, NULL, &tx) != DS4_OK && tx == NULL);
+    p[10] ^= 1;
+    /* fail closed until verified, then the deadline frees it */
+    const ds4_kv_block_table_h *table = NULL;
+    DS4_CHECK_STATUS(ds4_xfer_acquire(x, 77, &table), DS4_ERR_KV_INCOMPLETE);
+    DS4_CHECK_STATUS(ds4_xfer_acquire(x, 99, &table), DS4_ERR_NOT_FOUND);
+    ds4_free(blob);
+    DS4_CHECK_STATUS(ds4_xfer_release(x, 77), DS4_OK);
+    DS4_CHECK_EQ_INT(rs.n_done, 1);
+    DS4_CHECK_STATUS(rs.st[0], DS4_ERR_CANCELLED);
+    DS4_CHECK_EQ_INT(pool_used(x), 0);
+    DS4_CHECK_STATUS(ds4_xfer_reserve(x, 79, 4096, 50, &blob, &len), DS4_OK);
+    ds4_free(blob);
+    int want = 2;
+    DS4_CHECK(run_until(recv_count_at_least, &want, NULL, 0, 2000));
+    DS4_CHECK_STATUS(rs.st[1], DS4_ERR_TIMEOUT);
+    DS4_CHECK_EQ_INT(pool_used(x), 0);
+    xfer_shutdown(x);
+    ds4_kv_manifest_destroy(m);
+    ds4_kv_manifest_destroy(other);
+}
+
 /* ---------------------------------------------------- acceptance 1: V4-Pro, 128K tokens */
 
 static void test_pro_128k_every_byte(void)
@@ -918,6 +982,7 @@ int main(int argc, char **argv)
         if (only == NULL || strcmp(only, #fn) == 0)                                     \
             DS4_RUN(fn);                                                                \
     } while (0)
+    RUN_IF(test_target_rejects_damage);
     RUN_IF(test_pro_128k_every_byte);
     RUN_IF(test_corrupt_byte_detected);
     RUN_IF(test_prefill_killed);
