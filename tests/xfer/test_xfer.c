@@ -548,6 +548,18 @@ static bool pool_empty(void *arg)
     return pool_used(arg) == 0;
 }
 
+typedef struct bound_arg {
+    ds4_xfer_h *x;
+    uint64_t id;
+} bound_arg_t;
+
+static bool resv_bound(void *arg)
+{
+    bound_arg_t *a = arg;
+    ds4_xfer_resv_info_t info;
+    return ds4_xfer_reservation_info(a->x, a->id, &info) == DS4_OK && info.sender_bound;
+}
+
 static void test_cancel_and_abort_free_blocks(void)
 {
     ds4_kv_manifest_h *m = manifest_of("v4-flash");
@@ -567,7 +579,10 @@ static void test_cancel_and_abort_free_blocks(void)
     DS4_CHECK(child_spawn(&pre, argv, false, NULL));
     kids[0] = &pre;
     int want = 1;
-    run_until(recv_count_at_least, &want, kids, 1, 500); /* pushing for a while */
+    /* wait until the sender's BEGIN bound the reservation, then let it push for a while */
+    bound_arg_t ba = {x, 30};
+    DS4_CHECK(run_until(resv_bound, &ba, kids, 1, 10000));
+    run_until(recv_count_at_least, &want, kids, 1, 100);
     DS4_CHECK_EQ_INT(rs.n_done, 0);
     DS4_CHECK_STATUS(ds4_xfer_release(x, 30), DS4_OK);
     DS4_CHECK_EQ_INT(rs.n_done, 1);

@@ -193,6 +193,16 @@ ds4_status_t ds4_xfer_acquire(ds4_xfer_h *x, uint64_t request_id,
 /* Ends a reservation: frees a verified one; cancels one in progress (the sender is told, the
  * recv callback fires with DS4_ERR_CANCELLED). DS4_ERR_NOT_FOUND when unknown. */
 ds4_status_t ds4_xfer_release(ds4_xfer_h *x, uint64_t request_id);
+/* Progress of a reservation, for metrics and tests. */
+typedef struct ds4_xfer_resv_info {
+    bool sender_bound;        /* a sender's BEGIN bound it (pushing may be under way) */
+    bool verified;            /* every group verified: ds4_xfer_acquire succeeds */
+    uint32_t groups_verified;
+    uint32_t n_groups;
+} ds4_xfer_resv_info_t;
+/* DS4_ERR_NOT_FOUND for unknown, failed or quarantined reservations. */
+ds4_status_t ds4_xfer_reservation_info(ds4_xfer_h *x, uint64_t request_id,
+                                       ds4_xfer_resv_info_t *out);
 /* The decode pool (NULL without one) for stats and row access. */
 ds4_kv_pool_h *ds4_xfer_pool(ds4_xfer_h *x);
 /* Live reservations (any state, quarantined ones included). */

@@ -122,6 +122,21 @@ ds4_status_t ds4_xfer_acquire(ds4_xfer_h *x, uint64_t request_id,
     return DS4_OK;
 }
 
+ds4_status_t ds4_xfer_reservation_info(ds4_xfer_h *x, uint64_t request_id,
+                                       ds4_xfer_resv_info_t *out)
+{
+    xfer_resv_t *r = resv_find(x, request_id);
+    if (r == NULL || r->state == RESV_QUARANTINE)
+        return DS4_ERR_NOT_FOUND;
+    *out = (ds4_xfer_resv_info_t){
+        .sender_bound = r->state != RESV_RESERVED,
+        .verified = r->state == RESV_VERIFIED,
+        .groups_verified = r->n_verified,
+        .n_groups = ds4_kv_manifest_n_groups(x->p.manifest),
+    };
+    return DS4_OK;
+}
+
 ds4_status_t ds4_xfer_release(ds4_xfer_h *x, uint64_t request_id)
 {
     xfer_resv_t *r = resv_find(x, request_id);
@@ -338,9 +353,11 @@ static void on_abort(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, const v
         ds4__xfer_send_status(x, c, XFER_MSG_ABORT_ACK, h->request_id, DS4_OK, NULL);
     if (r == NULL || r->conn != c || r->sender_inc != h->sender_inc)
         return;
-    if (ack) {
+    if (ack || r->state == RESV_QUARANTINE) {
+        /* an ack of our ABORT, or the sender's own ABORT crossing ours: either way it flushed
+         * and stopped writing, so the blocks are ours again */
         if (r->state == RESV_QUARANTINE)
-            resv_free(x, r); /* the sender flushed and stopped: the blocks are ours again */
+            resv_free(x, r);
         return;
     }
     if (r->state != RESV_RECEIVING)

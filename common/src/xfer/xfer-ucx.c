@@ -90,17 +90,22 @@ struct ds4_xfer_tp {
     ds4_xfer_tp_conn_t *conns;
     ds4_xfer_tp_mem_t *mems;
     ds4_xfer_tp_rkey_t *rkeys;
+    struct tp_req_ctx *reqs;
     char local_addr[64];
 };
 
 /* Completion context of one UCX request. */
 typedef struct tp_req_ctx {
+    struct tp_req_ctx *prev, *next; /* tp->reqs: freed at destroy if UCX never completes it */
     ds4_xfer_tp_t *tp;
     ds4_xfer_tp_done_cb cb;
     void *arg;
     void *owned;        /* freed at completion (copied message) */
     ds4_xfer_tp_conn_t *closing; /* ep close request: conn to release */
 } tp_req_ctx_t;
+
+static struct tp_req_ctx *tp_ctx_new(ds4_xfer_tp_t *tp);
+static void tp_ctx_unlink(struct tp_req_ctx *ctx);
 
 static ds4_status_t tp_status(ucs_status_t s)
 {
@@ -155,6 +160,29 @@ static void tp_conn_unref(ds4_xfer_tp_conn_t *c)
     ds4_free(c);
 }
 
+static tp_req_ctx_t *tp_ctx_new(ds4_xfer_tp_t *tp)
+{
+    tp_req_ctx_t *ctx = ds4_calloc(1, sizeof(*ctx));
+    if (ctx == NULL)
+        return NULL;
+    ctx->tp = tp;
+    ctx->next = tp->reqs;
+    if (tp->reqs != NULL)
+        tp->reqs->prev = ctx;
+    tp->reqs = ctx;
+    return ctx;
+}
+
+static void tp_ctx_unlink(tp_req_ctx_t *ctx)
+{
+    if (ctx->prev != NULL)
+        ctx->prev->next = ctx->next;
+    else
+        ctx->tp->reqs = ctx->next;
+    if (ctx->next != NULL)
+        ctx->next->prev = ctx->prev;
+}
+
 /* ------------------------------------------------------------------ UCX callbacks */
 
 static void tp_req_done(void *request, ucs_status_t status, void *user_data)
@@ -181,6 +209,7 @@ static void tp_req_done(void *request, ucs_status_t status, void *user_data)
         tp_push_event(tp, e);
         tp_conn_unref(ctx->closing); /* the ep's own reference; the event holds one */
     }
+    tp_ctx_unlink(ctx);
     ds4_free(ctx->owned);
     ds4_free(ctx);
     if (request != NULL)
@@ -301,9 +330,8 @@ static void tp_accept(ds4_xfer_tp_t *tp, ucp_conn_request_h req)
 static void tp_issue_close(ds4_xfer_tp_t *tp, ds4_xfer_tp_conn_t *c, bool force)
 {
     c->close_pending = false;
-    tp_req_ctx_t *ctx = ds4_calloc(1, sizeof(*ctx));
+    tp_req_ctx_t *ctx = tp_ctx_new(tp);
     DS4_ASSERT(ctx != NULL);
-    ctx->tp = tp;
     ctx->closing = c;
     ucp_request_param_t rp = {0};
     rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
@@ -630,6 +658,13 @@ static void tp_destroy(ds4_xfer_tp_t *tp)
         ucp_listener_destroy(tp->listener);
     ucp_worker_destroy(tp->worker);
     ucp_cleanup(tp->ctx);
+    /* requests UCX never completed (a peer that did not answer a graceful close in time) */
+    while (tp->reqs != NULL) {
+        tp_req_ctx_t *ctx = tp->reqs;
+        tp->reqs = ctx->next;
+        ds4_free(ctx->owned);
+        ds4_free(ctx);
+    }
     uv_close((uv_handle_t *)&tp->poll, tp_handle_closed);
     uv_close((uv_handle_t *)&tp->idle, tp_handle_closed);
     uv_close((uv_handle_t *)&tp->timer, tp_handle_closed);
@@ -824,15 +859,13 @@ static ds4_status_t tp_send(ds4_xfer_tp_t *tp, ds4_xfer_tp_conn_t *c, const void
 {
     if (c->closed || c->failed || c->ep == NULL)
         return DS4_ERR_PEER_GONE;
-    tp_req_ctx_t *ctx = ds4_calloc(1, sizeof(*ctx));
     void *copy = ds4_malloc(len);
-    if (ctx == NULL || copy == NULL) {
-        ds4_free(ctx);
+    tp_req_ctx_t *ctx = copy != NULL ? tp_ctx_new(tp) : NULL;
+    if (ctx == NULL) {
         ds4_free(copy);
         return DS4_ERR_NO_MEMORY;
     }
     memcpy(copy, msg, len);
-    ctx->tp = tp;
     ctx->owned = copy;
     ucp_request_param_t rp = {0};
     rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
@@ -844,6 +877,7 @@ static ds4_status_t tp_send(ds4_xfer_tp_t *tp, ds4_xfer_tp_conn_t *c, const void
     ucs_status_ptr_t r = ucp_am_send_nbx(c->ep, TP_AM_ID, NULL, 0, copy, len, &rp);
     if (UCS_PTR_IS_ERR(r)) {
         tp->inflight--;
+        tp_ctx_unlink(ctx);
         ds4_free(copy);
         ds4_free(ctx);
         ds4_log_warn("xfer ucx: send failed: %s", ucs_status_string(UCS_PTR_STATUS(r)));
@@ -895,10 +929,9 @@ static ds4_status_t tp_post(ds4_xfer_tp_t *tp, ds4_xfer_tp_conn_t *c, bool is_fl
 {
     if (c->closed || c->failed || c->ep == NULL)
         return DS4_ERR_PEER_GONE;
-    tp_req_ctx_t *ctx = ds4_calloc(1, sizeof(*ctx));
+    tp_req_ctx_t *ctx = tp_ctx_new(tp);
     if (ctx == NULL)
         return DS4_ERR_NO_MEMORY;
-    ctx->tp = tp;
     ctx->cb = cb;
     ctx->arg = arg;
     ucp_request_param_t rp = {0};
