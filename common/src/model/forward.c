@@ -63,7 +63,7 @@ static ds4_status_t head_logits(ds4_model_h m, const float *X, int64_t rows, con
     }
     ds4__hc_head(m, X, rows, fn, base, scale, y);
     ds4__rmsnorm_rows(y, norm, rows, d, c->rms_norm_eps, yn);
-    m->ops->matmul(m->be, &m->head, rows, yn, logits, 0);
+    m->ops->matmul(m->be, &m->head, rows, yn, logits, DS4_MATMUL_STREAM);
     ds4_free(y);
     ds4_free(yn);
     return DS4_OK;

@@ -165,7 +165,7 @@ static int collect_weights(ds4_model_h m, ds4_weight_t **out, int cap)
 {
     int n = 0;
 #define W(x) do { if ((x).data != NULL && n < cap) out[n++] = &(x); } while (0)
-    W(m->head);
+    /* the head streams its bf16 rows (DS4_MATMUL_STREAM): no fp32 copy */
     for (int i = 0; i < m->n_total; i++) {
         ds4_layer_w_t *L = &m->layers[i];
         W(L->wq_a); W(L->wq_b); W(L->wkv); W(L->wo_a); W(L->wo_b);

@@ -56,6 +56,9 @@ ds4_weight_t ds4_weight_rows(const ds4_weight_t *w, int64_t r0, int64_t n);
 
 enum {
     DS4_MATMUL_NO_ACT_QUANT = 1u << 0, /* FP8/FP4: use the activations as given (bf16 einsum) */
+    DS4_MATMUL_STREAM = 1u << 1,       /* F32/BF16 weights: stream the weight once through a
+                                          fixed-order dot kernel (no sgemm packing; best for few
+                                          rows against a large weight, e.g. the vocab head) */
 };
 
 typedef struct ds4_backend *ds4_backend_h;
