@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything ds4 needs on a fresh Debian 12 machine. Idempotent: when every package is
 # already present it only runs dpkg-query (well under a second) and exits.
+# Checked on a debootstrap'd Debian 12 root by scripts/fresh-machine-check.sh (run it after
+# changing this list).
 set -euo pipefail
 
 PKGS=(
@@ -25,11 +27,15 @@ if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
 
-SUDO=""
+# sudo resets the environment, so DEBIAN_FRONTEND goes through env (no debconf prompts).
+as_root=(env DEBIAN_FRONTEND=noninteractive)
 if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
+    if ! command -v sudo >/dev/null; then
+        echo "install-deps: missing ${missing[*]}; run this script as root (no sudo here)" >&2
+        exit 1
+    fi
+    as_root=(sudo "${as_root[@]}")
 fi
 echo "install-deps: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+"${as_root[@]}" apt-get update -qq
+"${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
