@@ -17,6 +17,7 @@ typedef enum flush_kind {
     FLUSH_GROUP_END, /* then send the group's RECORD */
     FLUSH_FINISH,    /* the transfer ended: then ABORT / ABORT_ACK / nothing, then the callback */
     FLUSH_PREFLIGHT, /* bandwidth probe finished */
+    FLUSH_PROGRESS,  /* puts up to row_end landed: then send PROGRESS */
 } flush_kind_t;
 
 typedef enum peer_action {
@@ -30,6 +31,7 @@ typedef struct flush_ctx {
     flush_kind_t kind;
     ds4_xfer_send_h *tx;  /* GROUP_END / FINISH (tx->ops_inflight counts it) */
     uint32_t group;
+    uint64_t row_end;     /* PROGRESS */
     peer_action_t action;
     ds4_status_t status;  /* FINISH: the transfer's final status */
     uint64_t conn_serial; /* PREFLIGHT: the conn is re-found by serial (it may be gone) */
@@ -200,7 +202,12 @@ static void flush_done(void *arg, ds4_status_t st)
         tx_maybe_release(tx);
         return;
     }
-    if (ctx->kind == FLUSH_GROUP_END) {
+    if (ctx->kind == FLUSH_PROGRESS) {
+        if (tx->state == TX_ACTIVE && st == DS4_OK) {
+            xfer_progress_t pm = {.group = ctx->group, .row_end = ctx->row_end};
+            ds4__xfer_send_msg(x, tx->conn, XFER_MSG_PROGRESS, tx->request_id, &pm, sizeof(pm));
+        }
+    } else if (ctx->kind == FLUSH_GROUP_END) {
         if (tx->state == TX_ACTIVE) {
             if (st != DS4_OK)
                 tx_finish(tx, st, "flush before a completion record failed", PEER_NONE);
@@ -602,16 +609,33 @@ void ds4__xfer_send_msg_in(ds4_xfer_h *x, xfer_conn_t *c, const xfer_hdr_t *h, c
 
 /* --------------------------------------------------------------------- pushing */
 
-/* Rows written through a mapped pointer are visible once fenced: tell decode, so it checksums
- * them while they are still in the shared cache (a hint; the RECORD is what is verified). */
-#define PROGRESS_BYTES (1u << 20)
+/*
+ * Tell decode which rows have landed so it checksums them while they are still in cache (a
+ * hint; the RECORD is what is verified). Rows written through a mapped pointer are visible once
+ * fenced (every 1 MiB); puts are visible once flushed (every 4 MiB, the flush is asynchronous).
+ */
+#define PROGRESS_BYTES_MAPPED (1u << 20)
+#define PROGRESS_BYTES_PUT (4u << 20)
 
-static void send_progress(ds4_xfer_send_h *tx, uint32_t g)
+static void send_progress(ds4_xfer_send_h *tx, uint32_t g, bool mapped)
 {
-    atomic_thread_fence(memory_order_seq_cst);
-    xfer_progress_t pm = {.group = g, .row_end = tx->rows_sent[g]};
     tx->unreported[g] = 0;
-    ds4__xfer_send_msg(tx->x, tx->conn, XFER_MSG_PROGRESS, tx->request_id, &pm, sizeof(pm));
+    if (mapped) {
+        atomic_thread_fence(memory_order_seq_cst);
+        xfer_progress_t pm = {.group = g, .row_end = tx->rows_sent[g]};
+        ds4__xfer_send_msg(tx->x, tx->conn, XFER_MSG_PROGRESS, tx->request_id, &pm, sizeof(pm));
+        return;
+    }
+    flush_ctx_t *ctx = ds4_calloc(1, sizeof(*ctx));
+    if (ctx == NULL)
+        return;
+    *ctx = (flush_ctx_t){.x = tx->x, .kind = FLUSH_PROGRESS, .tx = tx, .group = g,
+                         .row_end = tx->rows_sent[g]};
+    if (tx->x->ops->flush(tx->x->tp, tx->conn->tc, flush_done, ctx) != DS4_OK) {
+        ds4_free(ctx);
+        return;
+    }
+    tx->ops_inflight++;
 }
 
 static void run_rows(ds4_xfer_h *x, ds4_xfer_send_h *tx, const xfer_op_t *op)
@@ -619,6 +643,7 @@ static void run_rows(ds4_xfer_h *x, ds4_xfer_send_h *tx, const xfer_op_t *op)
     const ds4_kv_group_t *g = ds4_kv_manifest_group(x->p.manifest, op->group);
     const unsigned char *src = op->src;
     uint64_t row = op->row_begin, left = op->n_rows;
+    bool last_mapped = false;
     while (left > 0) {
         uint64_t off = 0, contig = 0;
         ds4_status_t st = ds4_kv_view_row_offset(&tx->target.table, x->p.manifest, op->group,
@@ -637,9 +662,11 @@ static void run_rows(ds4_xfer_h *x, ds4_xfer_send_h *tx, const xfer_op_t *op)
                             x->p.test_corrupt_offset >= gbyte &&
                             x->p.test_corrupt_offset < gbyte + bytes;
         void *dst = NULL;
+        last_mapped = false;
         if (x->ops->rkey_ptr != NULL && x->ops->rkey_ptr(x->tp, tx->rkey, raddr, &dst) == DS4_OK) {
             /* mapped peer memory: copy and checksum in one pass (fenced inside) */
             tx->crc[op->group] = ds4_crc32c_copy(tx->crc[op->group], dst, src, bytes);
+            last_mapped = true;
             if (corrupt_here) /* the test hook: the byte lands damaged, the CRC is of the source */
                 ((unsigned char *)dst)[x->p.test_corrupt_offset - gbyte] ^= 0x5a;
         } else {
@@ -672,11 +699,13 @@ static void run_rows(ds4_xfer_h *x, ds4_xfer_send_h *tx, const xfer_op_t *op)
         row += n;
         left -= n;
         tx->rows_sent[op->group] += n;
-        if (dst != NULL && (tx->unreported[op->group] += bytes) >= PROGRESS_BYTES)
-            send_progress(tx, op->group);
+        tx->unreported[op->group] += bytes;
+        if (tx->unreported[op->group] >=
+            (dst != NULL ? PROGRESS_BYTES_MAPPED : PROGRESS_BYTES_PUT))
+            send_progress(tx, op->group, dst != NULL);
     }
-    if (tx->unreported[op->group] > 0)
-        send_progress(tx, op->group);
+    if (tx->unreported[op->group] > 0 && last_mapped)
+        send_progress(tx, op->group, true);
 }
 
 static void run_active_op(ds4_xfer_h *x, ds4_xfer_send_h *tx, const xfer_op_t *op)

@@ -85,6 +85,7 @@ struct ds4_xfer_tp {
     int handles_open;
     bool destroying;
     bool in_service;
+    bool busy_poll;     /* DS4_XFER_BUSY_POLL=1: spin while requests are in flight */
     uint64_t inflight;  /* UCX requests not yet completed */
     tp_event_t *ev_head, *ev_tail;
     ds4_xfer_tp_conn_t *conns;
@@ -406,7 +407,7 @@ static void tp_service(ds4_xfer_tp_t *tp)
             tp_dispatch(tp, e);
             continue;
         }
-        if (tp->inflight > 0)
+        if (tp->inflight > 0 && tp->busy_poll)
             break; /* keep polling from the idle handle */
         ucs_status_t s = ucp_worker_arm(tp->worker);
         if (s == UCS_ERR_BUSY)
@@ -415,7 +416,7 @@ static void tp_service(ds4_xfer_tp_t *tp)
     }
     tp->in_service = false;
     if (!tp->destroying) {
-        if (tp->inflight > 0 || tp->ev_head != NULL)
+        if ((tp->inflight > 0 && tp->busy_poll) || tp->ev_head != NULL)
             tp_kick(tp);
         else
             uv_idle_stop(&tp->idle);
@@ -494,6 +495,7 @@ static ds4_status_t tp_create(uv_loop_t *loop, const char *listen_addr,
         return DS4_ERR_NO_MEMORY;
     tp->loop = loop;
     tp->ev = *events;
+    tp->busy_poll = getenv("DS4_XFER_BUSY_POLL") != NULL && atoi(getenv("DS4_XFER_BUSY_POLL")) != 0;
 
     /* Bulk puts over UCX TCP: the 8 KiB default segments and kernel-default socket buffers cap
      * loopback throughput far below a plain socket. Larger ones unless the user set them (the
