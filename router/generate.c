@@ -2,6 +2,7 @@
  * decode stream; deadlines, cancel and worker death end it with a clear gRPC status. */
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,6 +31,11 @@ struct request {
     uint32_t n_completion, n_reasoning;
     bool finished_event, completed;
     Ds4__V1__FinishReason finish_reason;
+    /* stop strings (borrowed from the client's request, alive while `call` is) */
+    char **stops;
+    size_t n_stops, max_stop_len;
+    char *text;                         /* generated text so far (only with stop strings) */
+    size_t text_len, text_cap, text_sent;
 };
 
 static void req_maybe_free(request_t *r);
@@ -56,6 +62,7 @@ static void req_maybe_free(request_t *r)
     ds4_series_set(rt->m_running, (double)rt->n_requests);
     if (r->detok != NULL)
         ds4_detok_destroy(r->detok);
+    ds4_free(r->text);
     ds4_free(r->prep.ids);
     ds4_free(r->client_id);
     ds4_free(r);
@@ -128,6 +135,7 @@ __attribute__((format(printf, 3, 4))) static void req_end(request_t *r, ds4_rpc_
         /* Work may still be held on the workers: cancel the streams and release both. */
         const char *reason = code == DS4_RPC_DEADLINE_EXCEEDED ? "deadline"
                              : code == DS4_RPC_CANCELLED       ? "cancelled"
+                             : code == DS4_RPC_OK              ? "stop string"
                                                                : "failed";
         if (r->reserve != NULL)
             ds4_rpc_client_call_cancel(r->reserve);
@@ -162,6 +170,45 @@ static void on_client_cancel(ds4_rpc_call_h call, void *arg)
     req_end(r, DS4_RPC_CANCELLED, "cancelled by the client");
 }
 
+/* Appends generated text (stop-string mode). */
+static bool text_append(request_t *r, const char *t, size_t n)
+{
+    if (r->text_len + n + 1 > r->text_cap) {
+        size_t cap = DS4_MAX(r->text_cap * 2, r->text_len + n + 256);
+        char *grown = ds4_realloc_array(r->text, cap, 1);
+        if (grown == NULL)
+            return false;
+        r->text = grown;
+        r->text_cap = cap;
+    }
+    memcpy(r->text + r->text_len, t, n);
+    r->text_len += n;
+    r->text[r->text_len] = '\0';
+    return true;
+}
+
+/* First stop string in the generated text (searching only where a new match can start);
+ * returns its offset or -1. */
+static ptrdiff_t find_stop(request_t *r, size_t new_from)
+{
+    size_t from = new_from > r->max_stop_len ? new_from - r->max_stop_len : 0;
+    ptrdiff_t best = -1;
+    for (size_t i = 0; i < r->n_stops; i++) {
+        const char *hit = strstr(r->text + from, r->stops[i]);
+        if (hit != NULL && (best < 0 || hit - r->text < best))
+            best = hit - r->text;
+    }
+    return best;
+}
+
+static void fill_usage(request_t *r, Ds4__V1__Usage *usage)
+{
+    usage->prompt_tokens = (uint32_t)r->prep.n_ids;
+    usage->completion_tokens = r->n_completion;
+    usage->reasoning_tokens = r->n_reasoning;
+    usage->ttft_ms = r->t_first_ns != 0 ? (double)(r->t_first_ns - r->t0_ns) / 1e6 : 0;
+}
+
 /* Sends one token to the client. */
 static void relay_token(request_t *r, uint32_t id, const Ds4__V1__TokenLogprob *lp,
                         uint64_t sampled_ns)
@@ -176,6 +223,7 @@ static void relay_token(request_t *r, uint32_t id, const Ds4__V1__TokenLogprob *
     }
     r->t_last_ns = now;
     Ds4__V1__GenerateResponse resp = DS4__V1__GENERATE_RESPONSE__INIT;
+    Ds4__V1__Usage usage = DS4__V1__USAGE__INIT;
     resp.request_id = r->client_id;
     resp.n_token_ids = 1;
     resp.token_ids = &id;
@@ -190,20 +238,55 @@ static void relay_token(request_t *r, uint32_t id, const Ds4__V1__TokenLogprob *
     const char *text = "";
     size_t text_len = 0;
     char *owned = NULL;
+    bool stopped = false;
     if (r->detok != NULL) {
         if (ds4_detok_feed(r->detok, (int32_t)id, &text, &text_len, NULL) != DS4_OK)
             text_len = 0;
-        owned = ds4_strndup(text, text_len);
-        resp.text_delta = owned != NULL ? owned : "";
+        if (r->n_stops > 0) {
+            size_t before = r->text_len;
+            text_append(r, text, text_len);
+            ptrdiff_t at = find_stop(r, before);
+            size_t end;
+            if (at >= 0) {
+                end = (size_t)at;
+                stopped = true;
+            } else {
+                /* hold back what could still begin a stop string (whole code points only) */
+                end = r->text_len > r->max_stop_len - 1 ? r->text_len - (r->max_stop_len - 1) : 0;
+                while (end > r->text_sent && end < r->text_len &&
+                       ((unsigned char)r->text[end] & 0xC0) == 0x80)
+                    end--;
+                if (end < r->text_sent)
+                    end = r->text_sent;
+            }
+            owned = ds4_strndup(r->text + r->text_sent, end > r->text_sent ? end - r->text_sent
+                                                                            : 0);
+            r->text_sent = DS4_MAX(end, r->text_sent);
+        } else {
+            owned = ds4_strndup(text, text_len);
+        }
+        if (r->return_text)
+            resp.text_delta = owned != NULL ? owned : "";
     }
     r->n_completion++;
     if (r->in_reasoning)
         r->n_reasoning++;
     if (r->in_reasoning && (int32_t)id == rt->think_end_id)
         r->in_reasoning = false;
+    if (stopped) {
+        resp.finish_reason = DS4__V1__FINISH_REASON__FINISH_REASON_STOP;
+        fill_usage(r, &usage);
+        resp.usage = &usage;
+    }
     ds4_rpc_call_send(r->call, &resp.base);
     ds4_free(owned);
     ds4_series_observe(rt->m_relay, (double)(ds4_clock_now_ns() - now) / 1e9);
+    if (stopped) {
+        ds4_series_add(rt->m_prompt_tokens, (double)r->prep.n_ids);
+        ds4_series_add(rt->m_completion_tokens, (double)r->n_completion);
+        /* decode is still generating: req_end cancels its stream and releases it */
+        req_end(r, DS4_RPC_OK, "%s", "");
+    }
 }
 
 static void prefill_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *message,
@@ -313,13 +396,22 @@ static void on_reserve_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, vo
         char *owned = NULL;
         if (r->detok != NULL) {
             ds4_detok_finish(r->detok, &tail, &tail_len);
-            owned = ds4_strndup(tail, tail_len);
-            resp.text_delta = owned != NULL ? owned : "";
+            if (r->n_stops > 0) {
+                /* the held-back text can no longer start a stop string */
+                text_append(r, tail, tail_len);
+                ptrdiff_t at = find_stop(r, r->text_sent);
+                size_t end = at >= 0 ? (size_t)at : r->text_len;
+                if (at >= 0)
+                    resp.finish_reason = DS4__V1__FINISH_REASON__FINISH_REASON_STOP;
+                owned = ds4_strndup(r->text + r->text_sent,
+                                    end > r->text_sent ? end - r->text_sent : 0);
+            } else {
+                owned = ds4_strndup(tail, tail_len);
+            }
+            if (r->return_text)
+                resp.text_delta = owned != NULL ? owned : "";
         }
-        usage.prompt_tokens = (uint32_t)r->prep.n_ids;
-        usage.completion_tokens = r->n_completion;
-        usage.reasoning_tokens = r->n_reasoning;
-        usage.ttft_ms = r->t_first_ns != 0 ? (double)(r->t_first_ns - r->t0_ns) / 1e6 : 0;
+        fill_usage(r, &usage);
         resp.usage = &usage;
         ds4_rpc_call_send(r->call, &resp.base);
         ds4_free(owned);
@@ -437,9 +529,14 @@ void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void 
                  ds4_daemon_incarnation(rt->daemon) & 0xffffffffu, r->id);
         r->client_id = ds4_strdup(id);
     }
+    r->stops = req->sampling->stop;
+    r->n_stops = req->sampling->n_stop;
+    for (size_t i = 0; i < r->n_stops; i++)
+        r->max_stop_len = DS4_MAX(r->max_stop_len, strlen(r->stops[i]));
+    bool need_text = r->return_text || r->n_stops > 0;
     if (r->client_id == NULL ||
-        (r->return_text && ds4_detok_create(rt->tok, &(ds4_detok_params_t){0}, &r->detok) !=
-                               DS4_OK)) {
+        (need_text && ds4_detok_create(rt->tok, &(ds4_detok_params_t){0}, &r->detok) !=
+                          DS4_OK)) {
         ds4_free(r->client_id);
         ds4_free(prep.ids);
         ds4_free(r);

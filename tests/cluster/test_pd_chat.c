@@ -32,6 +32,7 @@ typedef struct call_state {
     char text[8192];
     size_t text_len;
     int reasoning_msgs, content_msgs;
+    int finish;
 } call_state_t;
 
 static void on_msg(ds4_rpc_client_call_h call, ProtobufCMessage *m, void *arg)
@@ -43,6 +44,8 @@ static void on_msg(ds4_rpc_client_call_h call, ProtobufCMessage *m, void *arg)
             s->ids[s->n_ids++] = (int32_t)t->ids[i];
     } else {
         Ds4__V1__GenerateResponse *g = (void *)m;
+        if (g->finish_reason != 0)
+            s->finish = (int)g->finish_reason;
         for (size_t i = 0; i < g->n_token_ids && s->n_ids < 8192; i++)
             s->ids[s->n_ids++] = (int32_t)g->token_ids[i];
         if (g->n_token_ids > 0) {
@@ -205,6 +208,53 @@ static void test_text_and_8k(void)
     free(ids);
 }
 
+/* Stop strings are applied at the router on the detokenised text: the answer ends before the
+ * stop string, with finish STOP; the reference is the same request without the stop. */
+static void test_stop_strings(void)
+{
+    Ds4__V1__GenerateRequest g = DS4__V1__GENERATE_REQUEST__INIT;
+    Ds4__V1__SamplingParams sp = DS4__V1__SAMPLING_PARAMS__INIT;
+    g.api_version = 1;
+    g.prompt_case = DS4__V1__GENERATE_REQUEST__PROMPT_PROMPT_TEXT;
+    g.prompt_text = "Once upon a time";
+    g.return_text = 1;
+    sp.max_tokens = 16;
+    sp.ignore_eos = 1;
+    g.sampling = &sp;
+    static call_state_t full, cut;
+    DS4_CHECK(call("/ds4.v1.Ds4/Generate", &g.base, &ds4__v1__generate_response__descriptor,
+                   &full));
+    DS4_CHECKF(full.code == DS4_RPC_OK && full.text_len > 8, "%s (%zu bytes)", full.msg,
+               full.text_len);
+    DS4_CHECK_EQ_INT(full.finish, DS4__V1__FINISH_REASON__FINISH_REASON_LENGTH);
+    /* a stop string from the middle of the full answer, starting at a code point, whose first
+     * occurrence is where we took it */
+    size_t at = full.text_len / 2;
+    while (at > 0 && ((unsigned char)full.text[at] & 0xC0) == 0x80)
+        at--;
+    size_t end = at;
+    for (int cp = 0; cp < 3 && end < full.text_len; cp++) {  /* three code points */
+        end++;
+        while (end < full.text_len && ((unsigned char)full.text[end] & 0xC0) == 0x80)
+            end++;
+    }
+    char stop[64];
+    snprintf(stop, sizeof(stop), "%.*s", (int)(end - at), full.text + at);
+    size_t first = (size_t)(strstr(full.text, stop) - full.text);
+    char *stops[1] = {stop};
+    sp.n_stop = 1;
+    sp.stop = stops;
+    DS4_CHECK(call("/ds4.v1.Ds4/Generate", &g.base, &ds4__v1__generate_response__descriptor,
+                   &cut));
+    DS4_CHECKF(cut.code == DS4_RPC_OK, "%s", cut.msg);
+    DS4_CHECK_EQ_INT(cut.finish, DS4__V1__FINISH_REASON__FINISH_REASON_STOP);
+    DS4_CHECK_EQ_INT(cut.text_len, first);
+    DS4_CHECK(memcmp(cut.text, full.text, first) == 0);
+    DS4_CHECK(cut.n_ids <= full.n_ids && memcmp(cut.ids, full.ids, cut.n_ids * 4) == 0);
+    fprintf(stderr, "  stop \"%s\" at byte %zu: %zu of %zu tokens\n", stop, first, cut.n_ids,
+            full.n_ids);
+}
+
 int main(void)
 {
     const char *bin = getenv("DS4_BINARY_DIR");
@@ -239,6 +289,7 @@ int main(void)
     ds4_rpc_channel_create(ctx, &cp, &ch);
     pdh_client_open(router.grpc_port);
     DS4_RUN(test_chat);
+    DS4_RUN(test_stop_strings);
     DS4_RUN(test_text_and_8k);
     ds4_rpc_channel_destroy(ch);
     while (ds4_rpc_ctx_live_objects(ctx) > 0)
