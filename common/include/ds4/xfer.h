@@ -191,7 +191,8 @@ ds4_status_t ds4_xfer_reserve(ds4_xfer_h *x, uint64_t request_id, uint64_t n_tok
 ds4_status_t ds4_xfer_acquire(ds4_xfer_h *x, uint64_t request_id,
                               const ds4_kv_block_table_h **table);
 /* Ends a reservation: frees a verified one; cancels one in progress (the sender is told, the
- * recv callback fires with DS4_ERR_CANCELLED). DS4_ERR_NOT_FOUND when unknown. */
+ * recv callback fires with DS4_ERR_CANCELLED before this returns; the blocks come back once the
+ * sender acknowledged, see quarantine). DS4_ERR_NOT_FOUND when unknown. */
 ds4_status_t ds4_xfer_release(ds4_xfer_h *x, uint64_t request_id);
 /* Progress of a reservation, for metrics and tests. */
 typedef struct ds4_xfer_resv_info {
@@ -242,7 +243,8 @@ uint64_t ds4_xfer_send_request_id(const ds4_xfer_send_h *tx);
 typedef void (*ds4_xfer_connect_cb)(void *arg, const char *addr, ds4_status_t status,
                                     const char *msg);
 /* Connects (or reuses the connection) to a decode address ahead of any transfer, so the
- * handshake and preflight measurements are ready (loop thread). `cb` fires exactly once. */
+ * handshake and preflight measurements are ready (loop thread). `cb` fires exactly once, before
+ * this returns when the connection is already up. */
 ds4_status_t ds4_xfer_connect(ds4_xfer_h *x, const char *addr, ds4_xfer_connect_cb cb,
                               void *arg);
 
