@@ -8,9 +8,13 @@
 #include <cblas.h>
 #include <string.h>
 
-#ifndef DS4_ROW_BLOCK
-#define DS4_ROW_BLOCK 16
-#endif
+/* Rows per sgemm call: fixed per weight (never per call) so that row results do not depend on
+ * the batch; 64 amortises weight packing for large weights, 16 keeps small-batch decode cheap on
+ * small ones. */
+static int64_t row_block(const ds4_weight_t *w)
+{
+    return w->n * w->k >= (1 << 20) ? 64 : 16;
+}
 
 struct ds4_backend {
     ds4_threadpool_h pool;
@@ -55,6 +59,7 @@ typedef struct mm_job {
     const float *x;
     float *y;
     int64_t ldy;
+    int64_t rb;
     int64_t tile;
     int64_t n_tiles;
 } mm_job_t;
@@ -84,8 +89,8 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
         /* Fixed 16-row blocks: every sgemm call of a weight tile has the same shape, so
          * OpenBLAS takes the same kernel and each row's sums do not depend on how many rows
          * are computed together. */
-        for (int64_t b = 0; b < j->m; b += DS4_ROW_BLOCK)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, DS4_ROW_BLOCK, (int)nr, (int)k,
+        for (int64_t b = 0; b < j->m; b += j->rb)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->rb, (int)nr, (int)k,
                         1.0f, j->x + b * k, (int)k, wt, (int)k, 0.0f,
                         j->y + b * j->ldy + r0, (int)j->ldy);
     }
@@ -160,9 +165,10 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
     if (m <= 0 || w->n <= 0)
         return;
     /* OpenBLAS picks kernels by shape (results differ in the last bits), so rows are padded
-     * to a multiple of DS4_ROW_BLOCK and computed in blocks of exactly that many: every row's
-     * result is independent of the batch (chunked prefill == whole prefill, bitwise). */
-    int64_t m_run = (m + DS4_ROW_BLOCK - 1) / DS4_ROW_BLOCK * DS4_ROW_BLOCK;
+     * to a multiple of the weight's row block and computed in blocks of exactly that many: every
+     * row's result is independent of the batch (chunked prefill == whole prefill, bitwise). */
+    int64_t rb = row_block(w);
+    int64_t m_run = (m + rb - 1) / rb * rb;
     float *ypad = NULL;
     float *yout = y;
     if (m_run != m) {
@@ -185,7 +191,7 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
         }
         xin = xq;
     }
-    mm_job_t j = {.w = w, .m = m_run, .x = xin, .y = yout, .ldy = w->n, .tile = 128};
+    mm_job_t j = {.w = w, .m = m_run, .x = xin, .y = yout, .ldy = w->n, .rb = rb, .tile = 128};
     if (w->type == DS4_W_F32 || w->type == DS4_W_BF16 || w->f32 != NULL) {
         /* Enough tiles for every thread, never below 64 rows. */
         int64_t per = (w->n + be->n_threads - 1) / be->n_threads;

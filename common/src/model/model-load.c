@@ -223,11 +223,11 @@ static void check_limits(const ds4_model_config_t *c, ds4_diag_t *diag, ds4_stat
         c->rope_head_dim % 2 != 0 || c->index_head_dim % 32 != 0 ||
         (c->index_head_dim & (c->index_head_dim - 1)) != 0 || c->n_activated_experts < 1 ||
         c->n_activated_experts > c->n_routed_experts || c->n_shared_experts != 1 ||
-        c->n_heads % c->o_groups != 0) {
+        c->n_heads % c->o_groups != 0 || c->o_lora_rank % 128 != 0) {
         ds4_diag_addf(diag, "config.json",
                       "unsupported dimensions for the engine (experts <= 1024, hc_mult <= 16, "
                       "rope_head_dim even <= 128, index_head_dim a power of two >= 32, "
-                      "1 shared expert, n_heads %% o_groups == 0)");
+                      "1 shared expert, n_heads %% o_groups == 0, o_lora_rank %% 128 == 0)");
         *st = DS4_ERR_CONFIG;
     }
     for (int i = 0; i < ds4_config_n_layers_total(c); i++) {
