@@ -19,8 +19,6 @@ struct request {
     char *client_id;
     ds4_rpc_call_h call;                /* the client's Generate; NULL once finished */
     prepared_t prep;
-    Ds4__V1__SamplingParams sampling;   /* copy (strings/arrays borrowed from the request,
-                                           valid until the client call is finished) */
     bool return_text, in_reasoning;
     ds4_detok_h *detok;
     ds4_worker_t *dw, *pw;
@@ -36,7 +34,15 @@ struct request {
     size_t n_stops, max_stop_len;
     char *text;                         /* generated text so far (only with stop strings) */
     size_t text_len, text_cap, text_sent;
+    /* attempts: a failure before the first token is retried once on other workers */
+    const Ds4__V1__SamplingParams *sampling;    /* borrowed like `stops` */
+    uint64_t deadline_at_ms;
+    uint32_t attempts;
+    uint32_t stale;                     /* calls of an abandoned attempt not yet done */
+    bool local;
 };
+
+static bool start_attempt(request_t *r, const char *exclude_decode, const char *exclude_prefill);
 
 static void req_maybe_free(request_t *r);
 
@@ -49,7 +55,8 @@ static void timer_closed(uv_handle_t *h)
 
 static void req_maybe_free(request_t *r)
 {
-    if (r->call != NULL || r->reserve != NULL || r->prefill != NULL || r->timer_open)
+    if (r->call != NULL || r->reserve != NULL || r->prefill != NULL || r->timer_open ||
+        r->stale != 0)
         return;
     router_t *rt = r->rt;
     if (r->prev != NULL)
@@ -155,6 +162,47 @@ __attribute__((format(printf, 3, 4))) static void req_end(request_t *r, ds4_rpc_
         uv_close((uv_handle_t *)&r->timer, timer_closed);
     }
     req_maybe_free(r);
+}
+
+/* A failure before any token reached the client is retried once, on other workers, while
+ * the deadline leaves room; true when the retry started (or ended the request itself). */
+static bool maybe_retry(request_t *r, ds4_rpc_code_t code, bool prefill_failed, const char *why)
+{
+    router_t *rt = r->rt;
+    if (r->call == NULL || r->n_completion > 0 || r->attempts >= 2 ||
+        (code != DS4_RPC_UNAVAILABLE && code != DS4_RPC_ABORTED &&
+         code != DS4_RPC_RESOURCE_EXHAUSTED && code != DS4_RPC_DEADLINE_EXCEEDED) ||
+        ds4_clock_now_ms() + 200 > r->deadline_at_ms)
+        return false;
+    /* a per-call deadline that fired while the request still has time is a stuck worker */
+    char failed_d[128] = "", failed_p[128] = "";
+    if (r->dw != NULL && !prefill_failed)
+        snprintf(failed_d, sizeof(failed_d), "%s", r->dw->id);
+    if (r->pw != NULL && prefill_failed)
+        snprintf(failed_p, sizeof(failed_p), "%s", r->pw->id);
+    ds4_log_info("router: request %" PRIu64 " retried after %s failure: %s", r->id,
+                 prefill_failed ? "prefill" : "decode", why);
+    if (r->reserve != NULL) {
+        ds4_rpc_client_call_cancel(r->reserve);
+        r->reserve = NULL;
+        r->stale++;
+    }
+    if (r->prefill != NULL) {
+        ds4_rpc_client_call_cancel(r->prefill);
+        r->prefill = NULL;
+        r->stale++;
+    }
+    send_release(rt, r->dw, r->id, "retry");
+    send_release(rt, r->pw, r->id, "retry");
+    if (r->dw != NULL && r->dw->assigned > 0)
+        r->dw->assigned--;
+    if (r->pw != NULL && r->pw->assigned > 0)
+        r->pw->assigned--;
+    r->dw = r->pw = NULL;
+    r->id = ++rt->next_request_id;  /* the old id may still be releasing on the workers */
+    start_attempt(r, failed_d[0] != '\0' ? failed_d : NULL,
+                  failed_p[0] != '\0' ? failed_p : NULL);
+    return true;
 }
 
 static void on_deadline(uv_timer_t *t)
@@ -294,18 +342,26 @@ static void prefill_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const 
 {
     request_t *r = arg;
     router_t *rt = r->rt;
+    if (call != r->prefill) {  /* an abandoned attempt's call */
+        r->stale--;
+        req_maybe_free(r);
+        return;
+    }
     r->prefill = NULL;
     if (code != DS4_RPC_OK && r->call != NULL) {
         ds4_worker_t *w = r->pw;
         char name[128];
         snprintf(name, sizeof(name), "%s", w != NULL ? w->id : "?");
-        if (code == DS4_RPC_UNAVAILABLE && w != NULL) {
+        char why[700];
+        snprintf(why, sizeof(why), "prefill worker %s: %s", name, message);
+        bool retried = maybe_retry(r, code, true, why);
+        if (code == DS4_RPC_UNAVAILABLE && w != NULL && (retried || r->call != NULL)) {
             /* The worker is unreachable: it is dead to this router until it registers again. */
-            ds4_registry_remove(&rt->registry, w, "prefill call failed: unavailable");
+            if (ds4_registry_find(&rt->registry, name) == w)
+                ds4_registry_remove(&rt->registry, w, "prefill call failed: unavailable");
         }
-        if (r->call != NULL)
-            req_end(r, code == DS4_RPC_CANCELLED ? DS4_RPC_ABORTED : code,
-                    "prefill worker %s: %s", name, message);
+        if (!retried && r->call != NULL)
+            req_end(r, code == DS4_RPC_CANCELLED ? DS4_RPC_ABORTED : code, "%s", why);
     }
     req_maybe_free(r);
 }
@@ -363,7 +419,7 @@ static void on_reserve_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, vo
 {
     request_t *r = arg;
     Ds4__Worker__V1__ReserveEvent *ev = (void *)msg;
-    if (r->call == NULL) {
+    if (r->call == NULL || call != r->reserve) {
         protobuf_c_message_free_unpacked(msg, NULL);
         return;
     }
@@ -429,6 +485,11 @@ static void reserve_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const 
 {
     request_t *r = arg;
     router_t *rt = r->rt;
+    if (call != r->reserve) {  /* an abandoned attempt's call */
+        r->stale--;
+        req_maybe_free(r);
+        return;
+    }
     r->reserve = NULL;
     if (r->call != NULL) {
         if (code == DS4_RPC_OK && r->finished_event) {
@@ -440,13 +501,16 @@ static void reserve_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const 
             ds4_worker_t *w = r->dw;
             char name[128];
             snprintf(name, sizeof(name), "%s", w != NULL ? w->id : "?");
-            if (code == DS4_RPC_UNAVAILABLE && w != NULL) {
+            char why[700];
+            snprintf(why, sizeof(why), "decode worker %s: %s", name, message);
+            bool retried = maybe_retry(r, code, false, why);
+            if (code == DS4_RPC_UNAVAILABLE && w != NULL &&
+                ds4_registry_find(&rt->registry, name) == w) {
                 ds4_series_add(rt->m_worker_deaths, 1);
                 ds4_registry_remove(&rt->registry, w, "decode stream failed: unavailable");
             }
-            if (r->call != NULL)
-                req_end(r, code == DS4_RPC_CANCELLED ? DS4_RPC_ABORTED : code,
-                        "decode worker %s: %s", name, message);
+            if (!retried && r->call != NULL)
+                req_end(r, code == DS4_RPC_CANCELLED ? DS4_RPC_ABORTED : code, "%s", why);
         }
     }
     req_maybe_free(r);
@@ -458,6 +522,82 @@ static request_t *find_client_id(router_t *rt, const char *id)
         if (r->call != NULL && strcmp(r->client_id, id) == 0)
             return r;
     return NULL;
+}
+
+/* Picks workers and opens the Reserve stream of one attempt. On failure ends the request. */
+static bool start_attempt(request_t *r, const char *exclude_decode, const char *exclude_prefill)
+{
+    router_t *rt = r->rt;
+    r->attempts++;
+    uint64_t need = (uint64_t)r->prep.n_ids + r->sampling->max_tokens;
+    ds4_worker_t *dw = ds4_registry_pick_except(&rt->registry, DS4_ROLE_DECODE, need, NULL, 0,
+                                                exclude_decode);
+    if (dw == NULL && exclude_decode != NULL)  /* the only decode worker: try it again */
+        dw = ds4_registry_pick(&rt->registry, DS4_ROLE_DECODE, need, NULL, 0);
+    ds4_worker_t *pw = NULL;
+    /* Local prefill (on the decode worker): tiny prompts, or no prefill worker when allowed. */
+    bool local = r->prep.n_ids <= DS4_MAX(rt->opt.local_prefill_max, 1u);
+    if (dw != NULL && !local) {
+        pw = ds4_registry_pick_except(&rt->registry, DS4_ROLE_PREFILL, r->prep.n_ids,
+                                      dw->digest, dw->digest_len, exclude_prefill);
+        if (pw == NULL && exclude_prefill != NULL)
+            pw = ds4_registry_pick(&rt->registry, DS4_ROLE_PREFILL, r->prep.n_ids, dw->digest,
+                                   dw->digest_len);
+        if (pw == NULL && rt->opt.prefill_fallback_local)
+            local = true;
+    }
+    if (dw == NULL || (!local && pw == NULL)) {
+        req_end(r, DS4_RPC_UNAVAILABLE, "no %s worker available (%zu prefill, %zu decode "
+                "registered)", dw == NULL ? "decode" : "prefill",
+                ds4_registry_count(&rt->registry, DS4_ROLE_PREFILL),
+                ds4_registry_count(&rt->registry, DS4_ROLE_DECODE));
+        return false;
+    }
+    r->local = local;
+    r->dw = dw;
+    r->pw = pw;
+    dw->assigned++;
+    if (pw != NULL)
+        pw->assigned++;
+    uint64_t now = ds4_clock_now_ms();
+    uint64_t budget = r->deadline_at_ms > now ? r->deadline_at_ms - now : 1;
+    uint32_t *ids = ds4_malloc_array(r->prep.n_ids, sizeof(*ids));
+    if (ids == NULL) {
+        req_end(r, DS4_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        return false;
+    }
+    for (size_t i = 0; i < r->prep.n_ids; i++)
+        ids[i] = (uint32_t)r->prep.ids[i];
+    Ds4__V1__TokenIds prompt = DS4__V1__TOKEN_IDS__INIT;
+    prompt.n_ids = r->prep.n_ids;
+    prompt.ids = ids;
+    Ds4__Worker__V1__ReserveRequest rr = DS4__WORKER__V1__RESERVE_REQUEST__INIT;
+    rr.proto_version = DS4__WORKER__V1__WORKER_PROTO_VERSION__WORKER_PROTO_VERSION_1;
+    rr.request_id = r->id;
+    rr.router_incarnation = ds4_daemon_incarnation(rt->daemon);
+    rr.prompt = &prompt;
+    rr.sampling = (Ds4__V1__SamplingParams *)r->sampling;
+    rr.prefilled_tokens = local ? 0 : (uint32_t)(r->prep.n_ids - 1);
+    rr.deadline_ms = (uint32_t)DS4_MIN(budget, (uint64_t)UINT32_MAX);
+    rr.prefill_manifest_digest.data = pw != NULL ? pw->digest : NULL;
+    rr.prefill_manifest_digest.len = pw != NULL ? pw->digest_len : 0;
+    ds4_rpc_call_params_t cp = {
+        .method = "/ds4.worker.v1.Worker/Reserve",
+        .request = &rr.base,
+        .response_type = &ds4__worker__v1__reserve_event__descriptor,
+        .timeout_ms = rr.deadline_ms,
+        .on_message = on_reserve_msg,
+        .on_done = reserve_done,
+        .arg = r,
+    };
+    ds4_status_t st = ds4_rpc_channel_call(dw->user, &cp, &r->reserve);
+    ds4_free(ids);
+    if (st != DS4_OK) {
+        r->reserve = NULL;
+        req_end(r, DS4_RPC_INTERNAL, "cannot start the reserve call: %s", ds4_status_str(st));
+        return false;
+    }
+    return true;
 }
 
 void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
@@ -485,28 +625,6 @@ void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void 
                             req->request_id);
         return;
     }
-    uint64_t need = (uint64_t)prep.n_ids + req->sampling->max_tokens;
-    ds4_worker_t *dw = ds4_registry_pick(&rt->registry, DS4_ROLE_DECODE, need, NULL, 0);
-    ds4_worker_t *pw = NULL;
-    /* Local prefill (on the decode worker): tiny prompts, or no prefill worker when allowed. */
-    bool local = prep.n_ids <= DS4_MAX(rt->opt.local_prefill_max, 1u);
-    if (dw != NULL && !local) {
-        pw = ds4_registry_pick(&rt->registry, DS4_ROLE_PREFILL, prep.n_ids, dw->digest,
-                               dw->digest_len);
-        if (pw == NULL && rt->opt.prefill_fallback_local)
-            local = true;
-    }
-    if (dw == NULL || (!local && pw == NULL)) {
-        ds4_free(prep.ids);
-        const char *kind[] = {"unavailable"};
-        ds4_series_add(ds4_metric_series(rt->m_requests, kind), 1);
-        ds4_series_add(ds4_metric_series(rt->m_errors, kind), 1);
-        ds4_rpc_call_finish(call, DS4_RPC_UNAVAILABLE, "no %s worker available (%zu prefill, "
-                            "%zu decode registered)", dw == NULL ? "decode" : "prefill",
-                            ds4_registry_count(&rt->registry, DS4_ROLE_PREFILL),
-                            ds4_registry_count(&rt->registry, DS4_ROLE_DECODE));
-        return;
-    }
 
     request_t *r = ds4_calloc(1, sizeof(*r));
     if (r == NULL) {
@@ -521,6 +639,7 @@ void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void 
     r->t0_ns = t0;
     r->in_reasoning = prep.thinking;
     r->return_text = req->return_text;
+    r->sampling = req->sampling;
     if (req->request_id[0] != '\0') {
         r->client_id = ds4_strdup(req->request_id);
     } else {
@@ -549,11 +668,6 @@ void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void 
     rt->requests = r;
     rt->n_requests++;
     ds4_series_set(rt->m_running, (double)rt->n_requests);
-    r->dw = dw;
-    r->pw = pw;
-    dw->assigned++;
-    if (pw != NULL)
-        pw->assigned++;
     ds4_rpc_call_on_cancel(call, on_client_cancel, r);
 
     /* The request's own deadline: the tighter of the gRPC deadline and deadline_ms. */
@@ -562,46 +676,12 @@ void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void 
     budget = DS4_MIN(budget, left);
     if (budget == UINT64_MAX)
         budget = rt->opt.default_timeout_ms;
+    r->deadline_at_ms = ds4_clock_now_ms() + budget;
     uv_timer_init(ds4_daemon_loop(rt->daemon), &r->timer);
     r->timer.data = r;
     r->timer_open = true;
     uv_timer_start(&r->timer, on_deadline, budget, 0);
-
-    uint32_t *ids = ds4_malloc_array(prep.n_ids, sizeof(*ids));
-    if (ids == NULL) {
-        req_end(r, DS4_RPC_RESOURCE_EXHAUSTED, "out of memory");
-        return;
-    }
-    for (size_t i = 0; i < prep.n_ids; i++)
-        ids[i] = (uint32_t)prep.ids[i];
-    Ds4__V1__TokenIds prompt = DS4__V1__TOKEN_IDS__INIT;
-    prompt.n_ids = prep.n_ids;
-    prompt.ids = ids;
-    Ds4__Worker__V1__ReserveRequest rr = DS4__WORKER__V1__RESERVE_REQUEST__INIT;
-    rr.proto_version = DS4__WORKER__V1__WORKER_PROTO_VERSION__WORKER_PROTO_VERSION_1;
-    rr.request_id = r->id;
-    rr.router_incarnation = ds4_daemon_incarnation(rt->daemon);
-    rr.prompt = &prompt;
-    rr.sampling = req->sampling;
-    rr.prefilled_tokens = local ? 0 : (uint32_t)(prep.n_ids - 1);
-    rr.deadline_ms = (uint32_t)DS4_MIN(budget, (uint64_t)UINT32_MAX);
-    rr.prefill_manifest_digest.data = pw != NULL ? pw->digest : NULL;
-    rr.prefill_manifest_digest.len = pw != NULL ? pw->digest_len : 0;
-    ds4_rpc_call_params_t cp = {
-        .method = "/ds4.worker.v1.Worker/Reserve",
-        .request = &rr.base,
-        .response_type = &ds4__worker__v1__reserve_event__descriptor,
-        .timeout_ms = rr.deadline_ms,
-        .on_message = on_reserve_msg,
-        .on_done = reserve_done,
-        .arg = r,
-    };
-    ds4_status_t st = ds4_rpc_channel_call(dw->user, &cp, &r->reserve);
-    ds4_free(ids);
-    if (st != DS4_OK) {
-        r->reserve = NULL;
-        req_end(r, DS4_RPC_INTERNAL, "cannot start the reserve call: %s", ds4_status_str(st));
-    }
+    start_attempt(r, NULL, NULL);
 }
 
 void router_cancel(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)

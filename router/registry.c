@@ -165,9 +165,18 @@ static bool less_loaded(const ds4_worker_t *a, const ds4_worker_t *b)
 ds4_worker_t *ds4_registry_pick(ds4_registry_t *r, ds4_role_t role, uint64_t n_tokens,
                                 const uint8_t *digest, size_t digest_len)
 {
+    return ds4_registry_pick_except(r, role, n_tokens, digest, digest_len, NULL);
+}
+
+ds4_worker_t *ds4_registry_pick_except(ds4_registry_t *r, ds4_role_t role, uint64_t n_tokens,
+                                       const uint8_t *digest, size_t digest_len,
+                                       const char *exclude_id)
+{
     ds4_worker_t *best = NULL;
     for (ds4_worker_t *w = r->head; w != NULL; w = w->next) {
         if (w->role != role || w->load.draining)
+            continue;
+        if (exclude_id != NULL && strcmp(w->id, exclude_id) == 0)
             continue;
         if (w->max_context != 0 && n_tokens > w->max_context)
             continue;

@@ -88,6 +88,10 @@ ds4_worker_t *ds4_registry_find(ds4_registry_t *r, const char *id);
  * max(running + queued, assigned) / max_sequences; ties go to more free KV blocks, then id. */
 ds4_worker_t *ds4_registry_pick(ds4_registry_t *r, ds4_role_t role, uint64_t n_tokens,
                                 const uint8_t *digest, size_t digest_len);
+/* The same, never choosing the worker named `exclude_id` (may be NULL). */
+ds4_worker_t *ds4_registry_pick_except(ds4_registry_t *r, ds4_role_t role, uint64_t n_tokens,
+                                       const uint8_t *digest, size_t digest_len,
+                                       const char *exclude_id);
 size_t ds4_registry_count(const ds4_registry_t *r, ds4_role_t role);
 
 #endif /* DS4_ROUTER_REGISTRY_H */

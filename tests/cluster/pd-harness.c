@@ -17,6 +17,8 @@
 #include <uv.h>
 
 #include "ds4.pb-c.h"
+#include "ds4_worker.pb-c.h"
+#include "ds4/kv.h"
 #include "ds4/clock.h"
 #include "ds4/json.h"
 #include "ds4/metrics.h"
@@ -348,6 +350,68 @@ bool pdh_generate(gen_t *const *gens, size_t n, uint32_t timeout_ms)
     return true;
 }
 
+static void ghost_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, void *arg)
+{
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+static void ghost_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *message,
+                       void *arg)
+{
+    *(int *)arg = (int)code + 1;
+}
+
+bool pdh_register_ghost(const char *id, int role, const uint8_t *digest, size_t digest_len,
+                        int dead_port)
+{
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", dead_port);
+    Ds4__Worker__V1__RegisterRequest req = DS4__WORKER__V1__REGISTER_REQUEST__INIT;
+    Ds4__Worker__V1__WorkerInfo info = DS4__WORKER__V1__WORKER_INFO__INIT;
+    req.proto_version = 1;
+    info.role = (Ds4__Worker__V1__WorkerRole)role;
+    info.worker_id = (char *)id;
+    info.incarnation = 0x600d600d600dull;
+    info.rpc_address = addr;
+    info.model = "ds4-tiny";
+    info.kv_manifest_digest.data = (uint8_t *)digest;
+    info.kv_manifest_digest.len = digest_len;
+    info.max_sequences = 1;
+    req.info = &info;
+    int result = 0;
+    ds4_rpc_call_params_t cp = {
+        .method = "/ds4.worker.v1.Router/RegisterWorker",
+        .request = &req.base,
+        .response_type = &ds4__worker__v1__register_response__descriptor,
+        .timeout_ms = 5000,
+        .on_message = ghost_msg,
+        .on_done = ghost_done,
+        .arg = &result,
+    };
+    if (ds4_rpc_channel_call(channel, &cp, NULL) != DS4_OK)
+        return false;
+    uint64_t end = ds4_clock_now_ms() + 6000;
+    while (result == 0 && ds4_clock_now_ms() < end) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        ds4_clock_sleep_ms(1);
+    }
+    return result == 1;
+}
+
+int pdh_dead_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    socklen_t len = sizeof(a);
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
 /* ---- reference ---- */
 
 static ds4_model_h ref_model;
@@ -374,6 +438,18 @@ void pdh_ref_close(void)
 int32_t pdh_ref_vocab(void)
 {
     return ds4_model_config(ref_model)->vocab_size;
+}
+
+void pdh_ref_digest(uint8_t out[8])
+{
+    ds4_kv_manifest_h *m = NULL;
+    memset(out, 0, 8);
+    if (ds4_kv_manifest_create(ds4_model_config(ref_model), &m) != DS4_OK)
+        return;
+    uint64_t d = ds4_kv_manifest_digest(m);
+    for (int i = 0; i < 8; i++)
+        out[i] = (uint8_t)(d >> (8 * i));
+    ds4_kv_manifest_destroy(m);
 }
 
 int64_t pdh_ref_max_context(void)

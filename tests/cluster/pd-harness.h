@@ -76,6 +76,13 @@ bool pdh_generate(gen_t *const *gens, size_t n, uint32_t timeout_ms);
 bool pdh_generate_start(gen_t *g);
 void pdh_client_run(uint32_t ms, gen_t *const *gens, size_t n);
 
+/* Registers a worker that does not exist (its Worker service address is a closed port) with
+ * the router, as a real worker would; true when the router accepted it. */
+bool pdh_register_ghost(const char *id, int role, const uint8_t *digest, size_t digest_len,
+                        int dead_port);
+/* A port nothing listens on (bound, then closed). */
+int pdh_dead_port(void);
+
 /* ---- single-process reference ---- */
 
 bool pdh_ref_open(const char *model_dir);
@@ -84,5 +91,7 @@ void pdh_ref_close(void);
 bool pdh_ref_generate(const gen_t *g, int32_t *out, size_t *n_out);
 int32_t pdh_ref_vocab(void);
 int64_t pdh_ref_max_context(void);
+/* 8-byte little-endian KV manifest digest of the reference model (what workers register). */
+void pdh_ref_digest(uint8_t out[8]);
 
 #endif /* DS4_TESTS_PD_HARNESS_H */

@@ -10,6 +10,7 @@
  *  - cancel (client cancel, client disconnect, cancel during prefill) and deadline exceeded:
  *    KV blocks and sequences on prefill and decode return to zero (read from /metrics);
  *  - invalid requests: INVALID_ARGUMENT naming the field;
+ *  - a registered prefill worker that cannot be reached: the router retries on another;
  *  - kill -9 of the decode worker during a stream: UNAVAILABLE/ABORTED quickly, the worker is
  *    dropped, new requests succeed, a restarted worker registers with a new incarnation and
  *    serves;
@@ -253,6 +254,24 @@ static void test_invalid(void)
     free(ids);
 }
 
+/* A prefill worker that registered but cannot be reached is chosen first (ties go to the
+ * lower id); the router retries on the real one, so the client sees no error, and drops the
+ * dead worker. */
+static void test_retry(void)
+{
+    uint8_t digest[8];
+    pdh_ref_digest(digest);
+    DS4_CHECK(pdh_register_ghost("a-ghost-prefill", 1, digest, 8, pdh_dead_port()));
+    DS4_CHECK(pdh_wait_metric(router.http_port, "ds4_workers{role=\"prefill\"}", 2, 2000));
+    int32_t *ids = make_prompt(50, 77);
+    gen_t g = {.ids = ids, .n_ids = 50, .max_tokens = 8, .timeout_ms = 20000};
+    gen_t *gs[1] = {&g};
+    DS4_CHECK(pdh_generate(gs, 1, 20000));
+    DS4_CHECK(same_as_reference(&g, "after a retry"));
+    DS4_CHECK(pdh_wait_metric(router.http_port, "ds4_workers{role=\"prefill\"}", 1, 3000));
+    free(ids);
+}
+
 static char *read_incarnation(const proc_t *p, char *buf, size_t cap)
 {
     FILE *f = fopen(p->ports, "r");
@@ -383,6 +402,7 @@ int main(void)
     DS4_RUN(test_concurrent);
     DS4_RUN(test_cancel_and_deadline);
     DS4_RUN(test_invalid);
+    DS4_RUN(test_retry);
     DS4_RUN(test_kill9);
     DS4_RUN(test_drain);
     pdh_client_close();

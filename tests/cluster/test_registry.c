@@ -104,6 +104,11 @@ static void test_pick(void)
     DS4_CHECK(ds4_registry_pick(&r, DS4_ROLE_DECODE, 1, NULL, 0) == a);
     /* context too long for every worker */
     DS4_CHECK(ds4_registry_pick(&r, DS4_ROLE_DECODE, 5000, NULL, 0) == NULL);
+    /* exclusion (a retry avoids the worker that just failed) */
+    DS4_CHECK(ds4_registry_pick_except(&r, DS4_ROLE_DECODE, 1, NULL, 0, "d-a") == NULL);
+    b->load.draining = false;
+    DS4_CHECK(ds4_registry_pick_except(&r, DS4_ROLE_DECODE, 1, NULL, 0, "d-a") == b);
+    b->load.draining = true;
     /* roles are separate */
     DS4_CHECK(ds4_registry_pick(&r, DS4_ROLE_PREFILL, 1, NULL, 0) == p);
     /* digest must match */
