@@ -718,6 +718,14 @@ void router_worker_gone(router_t *rt, ds4_worker_t *w, const char *why)
     }
 }
 
+size_t router_waiting(router_t *rt)
+{
+    size_t n = 0;
+    for (request_t *r = rt->requests; r != NULL; r = r->next)
+        n += r->call != NULL && r->n_completion == 0;
+    return n;
+}
+
 void router_fail_all(router_t *rt, ds4_rpc_code_t code, const char *why)
 {
     for (request_t *r = rt->requests, *next; r != NULL; r = next) {

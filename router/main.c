@@ -179,6 +179,13 @@ static void rpc_health(ds4_rpc_call_h call, const ProtobufCMessage *request, voi
     ds4_rpc_call_reply(call, &resp.base);
 }
 
+static void hook_metrics(void *arg)
+{
+    router_t *rt = arg;
+    ds4_series_set(rt->m_queue, (double)router_waiting(rt));
+    ds4_series_set(rt->m_running, (double)rt->n_requests);
+}
+
 static void sweep(uv_timer_t *t)
 {
     router_t *rt = t->data;
@@ -238,7 +245,7 @@ static void make_metrics(router_t *rt)
     rt->m_running = ds4_metric_default(
         ds4_metrics_gauge(m, "ds4_running_requests", "Requests in flight at the router.", NULL));
     rt->m_queue = ds4_metric_default(
-        ds4_metrics_gauge(m, "ds4_queue_depth", "Requests waiting for a worker.", NULL));
+        ds4_metrics_gauge(m, "ds4_queue_depth", "Requests admitted that have no token yet.", NULL));
     rt->m_ttft = ds4_metric_default(ds4_metrics_histogram(
         m, "ds4_ttft_seconds", "Time to first token at the router.", NULL, lb, nlb));
     rt->m_itl = ds4_metric_default(ds4_metrics_histogram(
@@ -339,6 +346,7 @@ int main(int argc, char **argv)
         .in_flight = hook_in_flight,
         .stop = hook_stop,
         .ready = router_ready,
+        .metrics_update = hook_metrics,
     };
     if (ds4_daemon_create(&dp, &rt.daemon) != DS4_OK) {
         ds4_log_error("ds4-router: cannot listen on %s", rt.opt.grpc_listen);

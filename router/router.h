@@ -67,6 +67,8 @@ void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void 
 void router_cancel(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg);
 /* A worker left the registry: fail its requests. */
 void router_worker_gone(router_t *rt, ds4_worker_t *w, const char *why);
+/* Requests admitted that have not streamed a token yet (prefill queue + compute). */
+size_t router_waiting(router_t *rt);
 /* Fails every request (drain timeout / stop). */
 void router_fail_all(router_t *rt, ds4_rpc_code_t code, const char *why);
 
