@@ -14,7 +14,9 @@
  *           HELLO(manifest) / WELCOME(incarnation, scratch rkey) - manifests compared, mismatch
  *           refused naming the group; preflight (ping-pong latency, put bandwidth); BEGIN;
  *   prefill ds4_xfer_send_rows(group, rows...)      -> one-sided puts straight into the decode
- *           pool's blocks, as soon as that layer of that chunk is computed;
+ *           pool's blocks (or, on shared memory, one copy+CRC pass into the mapped region), as
+ *           soon as that layer of that chunk is computed, with PROGRESS hints so decode can
+ *           checksum rows while they are in cache;
  *   prefill ds4_xfer_send_group_end(group)          -> flush (puts remotely complete), then a
  *           RECORD {sequence number, group, rows, CRC32C of the payload};
  *   decode  verifies each RECORD against the bytes in its pool as it arrives (sequence must be
