@@ -122,11 +122,12 @@ static void test_prefill_scenario(void)
     int top1;
     compare("prefill", g_prefill, g_prefill_steps, &med, &corr, &top1);
     report("prefill", med, corr, top1, g_prefill_steps);
-    /* Regression floor: what this engine reaches today (see docs/engine.md, "golden band");
-     * a structural bug (rope, mHC transpose, compressor boundary) lands far below it. */
-    DS4_CHECKF(corr >= 0.90, "min corr %.4f", corr);
-    DS4_CHECKF(med <= 0.85, "median %.4f", med);
-    DS4_CHECKF(top1 >= 14, "top1 %d", top1);
+    /* Regression floor with margin for other CPUs' fp32 summation orders (the model is chaotic:
+     * see docs/engine.md, "golden band"); a structural bug (rope, mHC transpose, compressor
+     * halves) lands far below it. */
+    DS4_CHECKF(corr >= 0.85, "min corr %.4f", corr);
+    DS4_CHECKF(med <= 1.0, "median %.4f", med);
+    DS4_CHECKF(top1 >= 12, "top1 %d", top1);
 }
 
 static void test_split_scenario(void)
@@ -136,9 +137,9 @@ static void test_split_scenario(void)
     int top1;
     compare("split", g_split_logits, g_split_steps, &med, &corr, &top1);
     report("split", med, corr, top1, g_split_steps);
-    DS4_CHECKF(corr >= 0.90, "min corr %.4f", corr);
-    DS4_CHECKF(med <= 0.85, "median %.4f", med);
-    DS4_CHECKF(top1 * 100 >= 70 * g_split_steps, "top1 %d", top1);
+    DS4_CHECKF(corr >= 0.85, "min corr %.4f", corr);
+    DS4_CHECKF(med <= 1.0, "median %.4f", med);
+    DS4_CHECKF(top1 * 100 >= 60 * g_split_steps, "top1 %d", top1);
 }
 
 static void test_split_equals_prefill(void)
