@@ -15,10 +15,10 @@ struct ds4_batcher {
     uv_cond_t cond;
     uv_async_t async;
     bool stop;
-    ds4_bseq_t *inbox;              /* submitted, not yet in the batch (mu) */
-    ds4_bevent_t *events;           /* produced, not yet delivered (mu) */
+    ds4_bseq_t *inbox;    /* submitted, not yet in the batch (mu) */
+    ds4_bevent_t *events; /* produced, not yet delivered (mu) */
     size_t n_events, cap_events;
-    uint32_t active, max_seen;      /* atomics */
+    uint32_t active, max_seen; /* atomics */
     uint64_t steps;
 };
 
@@ -28,7 +28,7 @@ static void push_event(ds4_batcher_t *b, const ds4_bevent_t *ev)
     if (b->n_events == b->cap_events) {
         size_t cap = b->cap_events == 0 ? 64 : b->cap_events * 2;
         ds4_bevent_t *grown = ds4_realloc_array(b->events, cap, sizeof(*grown));
-        DS4_ASSERT(grown != NULL);  /* a lost FINISH would leak a request forever */
+        DS4_ASSERT(grown != NULL); /* a lost FINISH would leak a request forever */
         b->events = grown;
         b->cap_events = cap;
     }
@@ -148,7 +148,7 @@ static void thread_main(void *arg)
             } else if (s->n_fed < s->n_prompt) {
                 s->n_fed += (size_t)items[i].n_tokens;
                 if (s->n_fed < s->n_prompt)
-                    continue;  /* more prompt to feed */
+                    continue; /* more prompt to feed */
             }
             if (!done) {
                 ds4_bevent_t ev;
@@ -216,8 +216,7 @@ static void deliver(uv_async_t *a)
     }
 }
 
-ds4_status_t ds4_batcher_create(uv_loop_t *loop, const ds4_batcher_params_t *p,
-                                ds4_batcher_t **out)
+ds4_status_t ds4_batcher_create(uv_loop_t *loop, const ds4_batcher_params_t *p, ds4_batcher_t **out)
 {
     if (p->model == NULL || p->max_batch == 0 || p->chunk_tokens == 0 || p->on_events == NULL)
         return DS4_ERR_INVALID_ARG;

@@ -21,30 +21,30 @@
 #include "sampler.h"
 
 typedef enum ds4_finish {
-    DS4_FINISH_STOP = 1,        /* EOS or a stop id */
-    DS4_FINISH_LENGTH = 2,      /* max_tokens or the context length */
+    DS4_FINISH_STOP = 1,   /* EOS or a stop id */
+    DS4_FINISH_LENGTH = 2, /* max_tokens or the context length */
     DS4_FINISH_CANCELLED = 3,
     DS4_FINISH_ERROR = 4,
 } ds4_finish_t;
 
 typedef struct ds4_bseq {
     uint64_t request_id;
-    void *owner;                /* loop-side request */
-    ds4_seq_h seq;              /* engine state; the batcher destroys it when it finishes */
-    int32_t *prompt;            /* whole prompt (ds4_free'd by the batcher at finish) */
+    void *owner;     /* loop-side request */
+    ds4_seq_h seq;   /* engine state; the batcher destroys it when it finishes */
+    int32_t *prompt; /* whole prompt (ds4_free'd by the batcher at finish) */
     size_t n_prompt;
-    size_t n_fed;               /* prompt tokens already in `seq` */
-    ds4_sampler_t sampler;      /* initialised by the loop; freed by the batcher */
+    size_t n_fed;          /* prompt tokens already in `seq` */
+    ds4_sampler_t sampler; /* initialised by the loop; freed by the batcher */
     uint32_t max_tokens;
-    int32_t *stop_ids;          /* ds4_free'd by the batcher */
+    int32_t *stop_ids; /* ds4_free'd by the batcher */
     size_t n_stop_ids;
-    int32_t eos_id;             /* -1: none */
+    int32_t eos_id; /* -1: none */
     bool ignore_eos;
     /* batcher-private */
     uint32_t n_generated;
     int32_t last_token;
     float *logits;
-    int cancel;                 /* set with __atomic by ds4_batcher_cancel */
+    int cancel; /* set with __atomic by ds4_batcher_cancel */
     struct ds4_bseq *next;
 } ds4_bseq_t;
 
@@ -52,13 +52,13 @@ typedef enum ds4_bevent_kind { DS4_BEVENT_TOKEN = 1, DS4_BEVENT_FINISH = 2 } ds4
 
 typedef struct ds4_bevent {
     ds4_bevent_kind_t kind;
-    ds4_bseq_t *bseq;           /* after FINISH the loop owns it again (ds4_batcher_free_seq) */
-    ds4_sample_out_t sample;    /* TOKEN */
-    uint32_t batch_size;        /* TOKEN: sequences in the step that produced it */
-    uint64_t sampled_ns;        /* TOKEN: ds4_clock_now_ns() right after sampling */
-    ds4_finish_t finish;        /* FINISH */
-    uint32_t n_generated;       /* FINISH */
-    char error[160];            /* FINISH with ERROR */
+    ds4_bseq_t *bseq;        /* after FINISH the loop owns it again (ds4_batcher_free_seq) */
+    ds4_sample_out_t sample; /* TOKEN */
+    uint32_t batch_size;     /* TOKEN: sequences in the step that produced it */
+    uint64_t sampled_ns;     /* TOKEN: ds4_clock_now_ns() right after sampling */
+    ds4_finish_t finish;     /* FINISH */
+    uint32_t n_generated;    /* FINISH */
+    char error[160];         /* FINISH with ERROR */
 } ds4_bevent_t;
 
 typedef void (*ds4_batcher_event_cb)(void *arg, const ds4_bevent_t *events, size_t n);
@@ -68,9 +68,9 @@ typedef struct ds4_batcher ds4_batcher_t;
 typedef struct ds4_batcher_params {
     ds4_model_h model;
     uint32_t n_vocab;
-    uint32_t max_batch;         /* sequences per step */
-    uint32_t chunk_tokens;      /* prompt tokens per sequence per step */
-    ds4_batcher_event_cb on_events;  /* on the loop thread */
+    uint32_t max_batch;             /* sequences per step */
+    uint32_t chunk_tokens;          /* prompt tokens per sequence per step */
+    ds4_batcher_event_cb on_events; /* on the loop thread */
     void *arg;
 } ds4_batcher_params_t;
 

@@ -13,64 +13,12 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "batcher.h"
+#include "decode.h"
 #include "ds4/alloc.h"
 #include "ds4/clock.h"
-#include "ds4/daemon.h"
 #include "ds4/log.h"
-#include "ds4/kv.h"
-#include "ds4/model.h"
-#include "ds4/xfer.h"
-#include "ds4_worker.pb-c.h"
 
-typedef struct decode_opts {
-    const char *grpc_listen, *http_listen, *advertise, *ports_file, *router, *worker_id, *model,
-        *model_name, *log_level, *xfer_listen;
-    uint32_t max_sequences, max_batch, chunk_tokens, threads, drain_timeout_ms, max_context;
-    uint32_t kv_seqs, kv_tokens;
-    bool refuse_tcp_only;
-} decode_opts_t;
-
-typedef struct dreq dreq_t;
-
-typedef struct decode {
-    decode_opts_t opt;
-    ds4_daemon_h daemon;
-    ds4_model_h model;
-    const ds4_model_config_t *cfg;
-    ds4_batcher_t *batcher;
-    ds4_router_link_h link;
-    ds4_kv_manifest_h *manifest;
-    uint8_t digest[8];
-    ds4_xfer_h *xfer;
-    uv_timer_t kv_timer;            /* imports verified KV outside the xfer callback */
-    dreq_t *reqs;
-    size_t n_reqs;
-    bool draining;
-    uint64_t done, failed, tokens;
-    ds4_series_h m_running, m_queue, m_batch, m_max_batch, m_ttft, m_itl, m_tokens, m_kv_used,
-        m_kv_free, m_xfer_bytes, m_xfer_seconds, m_import_seconds;
-    ds4_metric_h m_errors, m_finished;
-} decode_t;
-
-struct dreq {
-    decode_t *dc;
-    dreq_t *prev, *next;
-    uint64_t id;
-    ds4_rpc_call_h call;        /* NULL once finished */
-    ds4_bseq_t *bseq;           /* in the batcher until its FINISH event */
-    bool submitted;             /* bseq handed to the batcher */
-    bool waiting_kv;            /* an xfer reservation is open */
-    bool kv_ended;              /* the reservation reached its end (kv_status) */
-    ds4_status_t kv_status;
-    char kv_msg[200];
-    uint32_t prefilled;
-    bool cancel_sent;
-    uint64_t t0_ns, t_last_ns;
-    uint32_t n_tokens;
-};
-
-static void dreq_free(dreq_t *r)
+void ds4__decode_req_free(dreq_t *r)
 {
     decode_t *dc = r->dc;
     if (r->bseq != NULL && !r->submitted)
@@ -107,10 +55,14 @@ static void on_call_cancel(ds4_rpc_call_h call, void *arg)
 static Ds4__V1__FinishReason finish_proto(ds4_finish_t f)
 {
     switch (f) {
-    case DS4_FINISH_STOP: return DS4__V1__FINISH_REASON__FINISH_REASON_STOP;
-    case DS4_FINISH_LENGTH: return DS4__V1__FINISH_REASON__FINISH_REASON_LENGTH;
-    case DS4_FINISH_CANCELLED: return DS4__V1__FINISH_REASON__FINISH_REASON_CANCELLED;
-    default: return DS4__V1__FINISH_REASON__FINISH_REASON_ERROR;
+    case DS4_FINISH_STOP:
+        return DS4__V1__FINISH_REASON__FINISH_REASON_STOP;
+    case DS4_FINISH_LENGTH:
+        return DS4__V1__FINISH_REASON__FINISH_REASON_LENGTH;
+    case DS4_FINISH_CANCELLED:
+        return DS4__V1__FINISH_REASON__FINISH_REASON_CANCELLED;
+    default:
+        return DS4__V1__FINISH_REASON__FINISH_REASON_ERROR;
     }
 }
 
@@ -164,8 +116,8 @@ static void on_events(void *arg, const ds4_bevent_t *evs, size_t n)
             continue;
         }
         /* FINISH: the batcher is done with the sequence. */
-        const char *kind[] = {ev->finish == DS4_FINISH_STOP       ? "stop"
-                              : ev->finish == DS4_FINISH_LENGTH   ? "length"
+        const char *kind[] = {ev->finish == DS4_FINISH_STOP        ? "stop"
+                              : ev->finish == DS4_FINISH_LENGTH    ? "length"
                               : ev->finish == DS4_FINISH_CANCELLED ? "cancelled"
                                                                    : "error"};
         ds4_series_add(ds4_metric_series(dc->m_finished, kind), 1);
@@ -195,141 +147,10 @@ static void on_events(void *arg, const ds4_bevent_t *evs, size_t n)
             }
             r->call = NULL;
         }
-        dreq_free(r);
+        ds4__decode_req_free(r);
     }
     ds4_series_set(dc->m_running, (double)ds4_batcher_active(dc->batcher));
     ds4_series_set(dc->m_max_batch, (double)ds4_batcher_max_batch_seen(dc->batcher));
-}
-
-static dreq_t *find_req(decode_t *dc, uint64_t id);
-
-/* Copies the verified rows out of the pool in the engine's export layout and imports them. */
-static ds4_status_t import_kv(decode_t *dc, dreq_t *r, char *why, size_t why_len)
-{
-    const ds4_kv_block_table_h *table = NULL;
-    ds4_status_t st = ds4_xfer_acquire(dc->xfer, r->id, &table);
-    if (st != DS4_OK) {
-        snprintf(why, why_len, "kv not available: %s", ds4_status_str(st));
-        return st;
-    }
-    ds4_kv_pool_h *pool = ds4_xfer_pool(dc->xfer);
-    uint64_t n_tokens = r->prefilled;
-    uint64_t bytes = sizeof(ds4_seq_state_header_t) + ds4_kv_manifest_seq_bytes(dc->manifest,
-                                                                                n_tokens);
-    unsigned char *buf = ds4_malloc(bytes);
-    if (buf == NULL) {
-        snprintf(why, why_len, "out of memory for %" PRIu64 " bytes of KV", bytes);
-        return DS4_ERR_NO_MEMORY;
-    }
-    ds4_seq_state_header_t h = {
-        .magic = DS4_SEQ_STATE_MAGIC,
-        .version = DS4_SEQ_STATE_VERSION,
-        .pos = (int64_t)n_tokens,
-        .mtp_pos = 0,
-        .n_layers = (uint32_t)ds4_config_n_layers_total(dc->cfg),
-        .row_bytes = ds4_kv_manifest_kind_row_bytes(dc->manifest, DS4_KV_WINDOW),
-        .index_row_bytes = ds4_kv_manifest_kind_row_bytes(dc->manifest, DS4_KV_INDEX),
-    };
-    memcpy(buf, &h, sizeof(h));
-    uint64_t off = sizeof(h);
-    uint32_t ng = ds4_kv_manifest_n_groups(dc->manifest);
-    for (uint32_t g = 0; g < ng; g++) {
-        const ds4_kv_group_t *grp = ds4_kv_manifest_group(dc->manifest, g);
-        uint64_t rows = ds4_kv_group_rows(grp, n_tokens);
-        for (uint64_t row = 0; row < rows;) {
-            uint64_t contig = 0;
-            const void *p = ds4_kv_table_row_ptr(pool, table, g, row, &contig);
-            if (p == NULL || contig == 0) {
-                ds4_free(buf);
-                snprintf(why, why_len, "kv row %" PRIu64 " of group %u missing", row, g);
-                return DS4_ERR_KV_INCOMPLETE;
-            }
-            uint64_t take = DS4_MIN(contig, rows - row);
-            memcpy(buf + off, p, take * grp->row_bytes);
-            off += take * grp->row_bytes;
-            row += take;
-        }
-    }
-    DS4_ASSERT(off == bytes);
-    ds4_seq_h seq = NULL;
-    st = ds4_seq_import(dc->model, buf, bytes, &seq);
-    ds4_free(buf);
-    if (st != DS4_OK) {
-        snprintf(why, why_len, "kv import failed: %s", ds4_status_str(st));
-        return st;
-    }
-    r->bseq->seq = seq;
-    r->bseq->n_fed = n_tokens;
-    ds4_series_add(dc->m_xfer_bytes, (double)bytes);
-    return DS4_OK;
-}
-
-/* Ends a request that never reached the batcher. */
-static void fail_unsubmitted(dreq_t *r, ds4_rpc_code_t code, const char *msg)
-{
-    if (r->call != NULL) {
-        ds4_rpc_call_finish(r->call, code, "%s", msg);
-        r->call = NULL;
-    }
-    dreq_free(r);
-}
-
-static void kv_timer_cb(uv_timer_t *t)
-{
-    decode_t *dc = t->data;
-    for (dreq_t *r = dc->reqs, *next; r != NULL; r = next) {
-        next = r->next;
-        if (!r->waiting_kv || !r->kv_ended)
-            continue;
-        r->waiting_kv = false;
-        if (r->kv_status != DS4_OK) {
-            ds4_rpc_code_t code = r->cancel_sent ? DS4_RPC_CANCELLED
-                                                 : ds4_rpc_code_from_status(r->kv_status);
-            const char *ek[] = {r->cancel_sent ? "cancelled" : "kv_transfer"};
-            ds4_series_add(ds4_metric_series(dc->m_errors, ek), 1);
-            char msg[300];
-            snprintf(msg, sizeof(msg), "kv transfer for request %" PRIu64 " failed: %s", r->id,
-                     r->kv_msg);
-            fail_unsubmitted(r, code, msg);
-            continue;
-        }
-        ds4_series_observe(dc->m_xfer_seconds, (double)(ds4_clock_now_ns() - r->t0_ns) / 1e9);
-        char why[200] = "";
-        uint64_t t_import = ds4_clock_now_ns();
-        ds4_status_t st = r->cancel_sent || r->call == NULL ? DS4_ERR_CANCELLED
-                                                            : import_kv(dc, r, why, sizeof(why));
-        ds4_series_observe(dc->m_import_seconds, (double)(ds4_clock_now_ns() - t_import) / 1e9);
-        ds4_xfer_release(dc->xfer, r->id);  /* the rows now live in the engine sequence */
-        if (st != DS4_OK) {
-            fail_unsubmitted(r, st == DS4_ERR_CANCELLED ? DS4_RPC_CANCELLED
-                                                        : ds4_rpc_code_from_status(st),
-                             st == DS4_ERR_CANCELLED ? "cancelled" : why);
-            continue;
-        }
-        r->submitted = true;
-        ds4_batcher_submit(dc->batcher, r->bseq);
-    }
-}
-
-static void on_kv(void *arg, uint64_t request_id, ds4_status_t status, const char *msg)
-{
-    decode_t *dc = arg;
-    dreq_t *r = find_req(dc, request_id);
-    if (r == NULL || !r->waiting_kv || r->kv_ended)
-        return;
-    r->kv_ended = true;
-    r->kv_status = status;
-    snprintf(r->kv_msg, sizeof(r->kv_msg), "%s%s%s", ds4_status_str(status),
-             msg != NULL && msg[0] != '\0' ? ": " : "", msg != NULL ? msg : "");
-    uv_timer_start(&dc->kv_timer, kv_timer_cb, 0, 0);
-}
-
-static dreq_t *find_req(decode_t *dc, uint64_t id)
-{
-    for (dreq_t *r = dc->reqs; r != NULL; r = r->next)
-        if (r->id == id)
-            return r;
-    return NULL;
 }
 
 static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
@@ -376,7 +197,7 @@ static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
                             sp->max_tokens, dc->opt.max_context);
         return;
     }
-    if (find_req(dc, req->request_id) != NULL) {
+    if (ds4__decode_find(dc, req->request_id) != NULL) {
         ds4_rpc_call_finish(call, DS4_RPC_ALREADY_EXISTS, "request_id %" PRIu64 " is live",
                             req->request_id);
         return;
@@ -400,15 +221,15 @@ static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
     void *blob = NULL;
     size_t blob_len = 0;
     if (req->prefilled_tokens > 0) {
-        ds4_status_t rs = ds4_xfer_reserve(dc->xfer, req->request_id, req->prefilled_tokens,
-                                           req->deadline_ms != 0 ? req->deadline_ms : 600000,
-                                           &blob, &blob_len);
+        ds4_status_t rs =
+            ds4_xfer_reserve(dc->xfer, req->request_id, req->prefilled_tokens,
+                             req->deadline_ms != 0 ? req->deadline_ms : 600000, &blob, &blob_len);
         if (rs != DS4_OK) {
             const char *ek[] = {rs == DS4_ERR_NO_BLOCKS ? "no_blocks" : "reserve"};
             ds4_series_add(ds4_metric_series(dc->m_errors, ek), 1);
             ds4_rpc_call_finish(call, ds4_rpc_code_from_status(rs),
-                                "cannot reserve KV for %u tokens on %s: %s",
-                                req->prefilled_tokens, dc->opt.worker_id, ds4_status_str(rs));
+                                "cannot reserve KV for %u tokens on %s: %s", req->prefilled_tokens,
+                                dc->opt.worker_id, ds4_status_str(rs));
             return;
         }
     }
@@ -500,7 +321,7 @@ static void rpc_release(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
     decode_t *dc = arg;
     const Ds4__Worker__V1__ReleaseRequest *req = (const void *)request;
     Ds4__Worker__V1__ReleaseResponse resp = DS4__WORKER__V1__RELEASE_RESPONSE__INIT;
-    dreq_t *r = find_req(dc, req->request_id);
+    dreq_t *r = ds4__decode_find(dc, req->request_id);
     if (r != NULL) {
         resp.found = 1;
         dreq_cancel(r);
@@ -581,7 +402,7 @@ static void hook_stop(void *arg)
     for (dreq_t *r = dc->reqs, *next; r != NULL; r = next) {
         next = r->next;
         if (!r->submitted)
-            fail_unsubmitted(r, DS4_RPC_UNAVAILABLE, "decode worker stopping");
+            ds4__decode_fail_unsubmitted(r, DS4_RPC_UNAVAILABLE, "decode worker stopping");
     }
     uv_timer_stop(&dc->kv_timer);
     uv_close((uv_handle_t *)&dc->kv_timer, NULL);
@@ -629,8 +450,8 @@ static void make_metrics(decode_t *dc)
     dc->m_batch = ds4_metric_default(ds4_metrics_histogram(
         m, "ds4_decode_batch_size", "Sequences in the step of each generated token.", NULL, bb,
         DS4_ARRAY_LEN(bb)));
-    dc->m_max_batch = ds4_metric_default(ds4_metrics_gauge(
-        m, "ds4_decode_max_batch_size", "Largest decode batch so far.", NULL));
+    dc->m_max_batch = ds4_metric_default(
+        ds4_metrics_gauge(m, "ds4_decode_max_batch_size", "Largest decode batch so far.", NULL));
     dc->m_ttft = ds4_metric_default(ds4_metrics_histogram(
         m, "ds4_ttft_seconds", "Reserve to first token at the decode worker.", NULL, lb, nlb));
     dc->m_itl = ds4_metric_default(ds4_metrics_histogram(
@@ -648,8 +469,7 @@ static void make_metrics(decode_t *dc)
     dc->m_import_seconds = ds4_metric_default(ds4_metrics_histogram(
         m, "ds4_kv_import_seconds", "Pool rows to engine sequence.", NULL, lb, nlb));
     dc->m_errors = ds4_metrics_counter(m, "ds4_errors_total", "Errors by kind.", "kind");
-    dc->m_finished = ds4_metrics_counter(m, "ds4_finished_total", "Sequences by finish.",
-                                         "reason");
+    dc->m_finished = ds4_metrics_counter(m, "ds4_finished_total", "Sequences by finish.", "reason");
 }
 
 int main(int argc, char **argv)
@@ -668,6 +488,10 @@ int main(int argc, char **argv)
         .max_batch = 64,
         .chunk_tokens = 512,
         .drain_timeout_ms = 30000,
+        /* a loaded host can take seconds to set up a link; 1 MiB measures bandwidth well
+         * enough and keeps the first transfer short */
+        .xfer_connect_timeout_ms = 20000,
+        .xfer_preflight_bytes = 1u << 20,
     };
     const ds4_opt_t opts[] = {
         {"grpc-listen", DS4_OPT_STR, &dc.opt.grpc_listen, "gRPC address of the Worker service"},
@@ -695,6 +519,10 @@ int main(int argc, char **argv)
          "tokens per sequence the KV pool is sized for (0: max-context)"},
         {"refuse-tcp-only", DS4_OPT_BOOL, &dc.opt.refuse_tcp_only,
          "refuse KV pushes over TCP-only links"},
+        {"xfer-connect-timeout-ms", DS4_OPT_U32, &dc.opt.xfer_connect_timeout_ms,
+         "KV link connect + handshake + preflight bound"},
+        {"xfer-preflight-bytes", DS4_OPT_U32, &dc.opt.xfer_preflight_bytes,
+         "bytes put to measure a new KV link's bandwidth"},
     };
     ds4_diag_t diag;
     ds4_diag_init(&diag);
@@ -729,8 +557,8 @@ int main(int argc, char **argv)
     }
     dc.cfg = ds4_model_config(dc.model);
     if (dc.opt.max_context == 0 || dc.opt.max_context > dc.cfg->max_position_embeddings)
-        dc.opt.max_context = (uint32_t)DS4_MIN(dc.cfg->max_position_embeddings,
-                                               (int64_t)UINT32_MAX);
+        dc.opt.max_context =
+            (uint32_t)DS4_MIN(dc.cfg->max_position_embeddings, (int64_t)UINT32_MAX);
 
     if (ds4_kv_manifest_create(dc.cfg, &dc.manifest) != DS4_OK) {
         ds4_log_error("ds4-decode: cannot build the KV manifest");
@@ -783,10 +611,9 @@ int main(int argc, char **argv)
     if (ds4_batcher_create(ds4_daemon_loop(dc.daemon), &bp, &dc.batcher) != DS4_OK)
         goto out_daemon;
     ds4_kv_pool_params_t pp = ds4_kv_pool_params_default(dc.manifest);
-    if (ds4_kv_pool_params_for_tokens(&pp, dc.opt.kv_tokens != 0 ? dc.opt.kv_tokens
-                                                                 : dc.opt.max_context,
-                                      dc.opt.kv_seqs != 0 ? dc.opt.kv_seqs
-                                                          : dc.opt.max_sequences) != DS4_OK) {
+    if (ds4_kv_pool_params_for_tokens(
+            &pp, dc.opt.kv_tokens != 0 ? dc.opt.kv_tokens : dc.opt.max_context,
+            dc.opt.kv_seqs != 0 ? dc.opt.kv_seqs : dc.opt.max_sequences) != DS4_OK) {
         ds4_log_error("ds4-decode: bad KV pool size");
         goto out_batcher;
     }
@@ -795,11 +622,12 @@ int main(int argc, char **argv)
     xp.listen_addr = dc.opt.xfer_listen;
     xp.pool = &pp;
     xp.refuse_tcp_only = dc.opt.refuse_tcp_only;
-    xp.recv_cb = on_kv;
+    xp.connect_timeout_ms = dc.opt.xfer_connect_timeout_ms;
+    xp.preflight_bytes = dc.opt.xfer_preflight_bytes;
+    xp.recv_cb = ds4__decode_on_kv;
     xp.cb_arg = &dc;
     if (ds4_xfer_create(ds4_daemon_loop(dc.daemon), &xp, &dc.xfer) != DS4_OK) {
-        ds4_log_error("ds4-decode: cannot start the KV transfer engine on %s",
-                      dc.opt.xfer_listen);
+        ds4_log_error("ds4-decode: cannot start the KV transfer engine on %s", dc.opt.xfer_listen);
         goto out_batcher;
     }
     uv_timer_init(ds4_daemon_loop(dc.daemon), &dc.kv_timer);

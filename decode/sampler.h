@@ -27,30 +27,30 @@
 #include "ds4/status.h"
 
 typedef struct ds4_sampling {
-    float temperature;          /* 0 = greedy */
-    uint32_t top_k;             /* 0 = off */
-    float top_p;                /* 0 or 1 = off */
-    float min_p;                /* 0 = off */
-    float repetition_penalty;   /* 0 or 1 = off */
+    float temperature;        /* 0 = greedy */
+    uint32_t top_k;           /* 0 = off */
+    float top_p;              /* 0 or 1 = off */
+    float min_p;              /* 0 = off */
+    float repetition_penalty; /* 0 or 1 = off */
     float presence_penalty;
     float frequency_penalty;
     uint64_t seed;
-    uint32_t n_logprobs;        /* 0 = none; N = the sampled token + top N-1 */
+    uint32_t n_logprobs; /* 0 = none; N = the sampled token + top N-1 */
 } ds4_sampling_t;
 
 typedef struct ds4_sampler {
     ds4_sampling_t p;
     uint32_t n_vocab;
     uint64_t rng[4];
-    uint32_t *counts;           /* generated occurrences per token */
-    uint8_t *seen;              /* token appeared in the prompt or output */
-    float *work;                /* n_vocab scratch */
-    uint32_t *order;            /* n_vocab scratch */
+    uint32_t *counts; /* generated occurrences per token */
+    uint8_t *seen;    /* token appeared in the prompt or output */
+    float *work;      /* n_vocab scratch */
+    uint32_t *order;  /* n_vocab scratch */
 } ds4_sampler_t;
 
 typedef struct ds4_sample_out {
     int32_t token;
-    float logprob;              /* of `token` under the raw model distribution */
+    float logprob; /* of `token` under the raw model distribution */
     uint32_t n_top;
     int32_t top_ids[20];
     float top_logprobs[20];

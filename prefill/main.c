@@ -26,6 +26,7 @@ typedef struct prefill_opts {
         *model_name, *log_level;
     uint32_t chunk_tokens, threads, drain_timeout_ms, max_context, max_queue;
     bool refuse_tcp_only;
+    uint32_t xfer_connect_timeout_ms, xfer_preflight_bytes;
 } prefill_opts_t;
 
 typedef struct pjob pjob_t;
@@ -39,7 +40,7 @@ typedef struct prefill {
     uint8_t digest[8];
     ds4_xfer_h *xfer;
     ds4_router_link_h link;
-    pjob_t *jobs;                   /* loop list of every live job */
+    pjob_t *jobs; /* loop list of every live job */
     size_t n_jobs;
     bool draining;
     /* compute thread */
@@ -47,29 +48,29 @@ typedef struct prefill {
     uv_mutex_t mu;
     uv_cond_t cond;
     uv_async_t async;
-    pjob_t *queue_head, *queue_tail;    /* waiting for compute (mu) */
-    pjob_t *done_list;                  /* computed, not yet seen by the loop (mu) */
+    pjob_t *queue_head, *queue_tail; /* waiting for compute (mu) */
+    pjob_t *done_list;               /* computed, not yet seen by the loop (mu) */
     bool stop;
-    int running;                        /* atomic: a job is computing */
+    int running; /* atomic: a job is computing */
     uint64_t done, failed, tokens;
-    ds4_series_h m_running, m_queue, m_tokens, m_seconds, m_tps, m_bytes, m_xfer_seconds,
-        m_seqs, m_bytes_held;
+    ds4_series_h m_running, m_queue, m_tokens, m_seconds, m_tps, m_bytes, m_xfer_seconds, m_seqs,
+        m_bytes_held;
     ds4_metric_h m_errors;
 } prefill_t;
 
 struct pjob {
     prefill_t *pf;
-    pjob_t *prev, *next;            /* loop list */
-    pjob_t *qnext;                  /* compute queue / done list */
+    pjob_t *prev, *next; /* loop list */
+    pjob_t *qnext;       /* compute queue / done list */
     uint64_t id;
-    ds4_rpc_call_h call;            /* NULL once finished */
+    ds4_rpc_call_h call; /* NULL once finished */
     int32_t *prompt;
     size_t n;
     uint32_t chunk;
     ds4_xfer_send_h *tx;
-    unsigned char *state;           /* exported KV; read by the transport until sent_done */
+    unsigned char *state; /* exported KV; read by the transport until sent_done */
     uint64_t state_len;
-    int cancel;                     /* atomic */
+    int cancel; /* atomic */
     bool computed, sent_done;
     ds4_status_t compute_status, send_status;
     char compute_msg[160], send_msg[200];
@@ -197,7 +198,7 @@ static void on_computed(uv_async_t *a)
         list = j->qnext;
         j->computed = true;
         if (j->compute_status != DS4_OK)
-            ds4_xfer_send_abort(j->tx);  /* the send callback follows */
+            ds4_xfer_send_abort(j->tx); /* the send callback follows */
         else {
             double s = (double)(j->t_computed_ns - j->t0_ns) / 1e9;
             ds4_series_observe(pf->m_seconds, s);
@@ -257,15 +258,14 @@ static void job_maybe_end(pjob_t *j)
         } else {
             ds4_status_t st = j->compute_status != DS4_OK ? j->compute_status : j->send_status;
             const char *msg = j->compute_status != DS4_OK ? j->compute_msg : j->send_msg;
-            const char *ek[] = {cancelled                          ? "cancelled"
-                                : j->compute_status != DS4_OK      ? "compute"
-                                                                   : "kv_transfer"};
+            const char *ek[] = {cancelled                     ? "cancelled"
+                                : j->compute_status != DS4_OK ? "compute"
+                                                              : "kv_transfer"};
             ds4_series_add(ds4_metric_series(pf->m_errors, ek), 1);
             pf->failed++;
-            ds4_rpc_call_finish(j->call,
-                                cancelled ? DS4_RPC_CANCELLED : ds4_rpc_code_from_status(st),
-                                "prefill of request %" PRIu64 " failed: %s: %s", j->id,
-                                ds4_status_str(st), msg);
+            ds4_rpc_call_finish(
+                j->call, cancelled ? DS4_RPC_CANCELLED : ds4_rpc_code_from_status(st),
+                "prefill of request %" PRIu64 " failed: %s: %s", j->id, ds4_status_str(st), msg);
         }
         j->call = NULL;
     }
@@ -355,9 +355,9 @@ static void rpc_prefill(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
         ds4_free(j);
         const char *ek[] = {"kv_target"};
         ds4_series_add(ds4_metric_series(pf->m_errors, ek), 1);
-        ds4_rpc_call_finish(call, st == DS4_ERR_PARSE ? DS4_RPC_INVALID_ARGUMENT
-                                                      : ds4_rpc_code_from_status(st),
-                            "kv_target: %s", ds4_status_str(st));
+        ds4_rpc_call_finish(
+            call, st == DS4_ERR_PARSE ? DS4_RPC_INVALID_ARGUMENT : ds4_rpc_code_from_status(st),
+            "kv_target: %s", ds4_status_str(st));
         return;
     }
     j->call = call;
@@ -509,12 +509,12 @@ static void make_metrics(prefill_t *pf)
         ds4_metrics_gauge(m, "ds4_queue_depth", "Prefills waiting for compute.", NULL));
     pf->m_tokens = ds4_metric_default(
         ds4_metrics_counter(m, "ds4_prefill_tokens_total", "Prompt tokens prefilled.", NULL));
-    pf->m_seconds = ds4_metric_default(ds4_metrics_histogram(
-        m, "ds4_prefill_seconds", "Arrival to computed KV.", NULL, lb, nlb));
-    pf->m_tps = ds4_metric_default(ds4_metrics_gauge(
-        m, "ds4_prefill_tokens_per_second", "Throughput of the last prefill.", NULL));
-    pf->m_bytes = ds4_metric_default(ds4_metrics_counter(
-        m, "ds4_kv_transfer_bytes_total", "KV bytes pushed and verified.", NULL));
+    pf->m_seconds = ds4_metric_default(
+        ds4_metrics_histogram(m, "ds4_prefill_seconds", "Arrival to computed KV.", NULL, lb, nlb));
+    pf->m_tps = ds4_metric_default(ds4_metrics_gauge(m, "ds4_prefill_tokens_per_second",
+                                                     "Throughput of the last prefill.", NULL));
+    pf->m_bytes = ds4_metric_default(ds4_metrics_counter(m, "ds4_kv_transfer_bytes_total",
+                                                         "KV bytes pushed and verified.", NULL));
     pf->m_xfer_seconds = ds4_metric_default(ds4_metrics_histogram(
         m, "ds4_kv_transfer_seconds", "Computed KV to verified at decode.", NULL, lb, nlb));
     pf->m_seqs = ds4_metric_default(ds4_metrics_gauge(
@@ -537,6 +537,10 @@ int main(int argc, char **argv)
         .log_level = "info",
         .chunk_tokens = 512,
         .drain_timeout_ms = 30000,
+        /* a loaded host can take seconds to set up a link; 1 MiB measures bandwidth well
+         * enough and keeps the first transfer short */
+        .xfer_connect_timeout_ms = 20000,
+        .xfer_preflight_bytes = 1u << 20,
         .max_queue = 256,
     };
     const ds4_opt_t opts[] = {
@@ -559,6 +563,10 @@ int main(int argc, char **argv)
          "SIGTERM: wait this long for prefills to finish"},
         {"refuse-tcp-only", DS4_OPT_BOOL, &pf.opt.refuse_tcp_only,
          "refuse KV pushes over TCP-only links"},
+        {"xfer-connect-timeout-ms", DS4_OPT_U32, &pf.opt.xfer_connect_timeout_ms,
+         "KV link connect + handshake + preflight bound"},
+        {"xfer-preflight-bytes", DS4_OPT_U32, &pf.opt.xfer_preflight_bytes,
+         "bytes put to measure a new KV link's bandwidth"},
     };
     ds4_diag_t diag;
     ds4_diag_init(&diag);
@@ -589,8 +597,8 @@ int main(int argc, char **argv)
     }
     pf.cfg = ds4_model_config(pf.model);
     if (pf.opt.max_context == 0 || pf.opt.max_context > pf.cfg->max_position_embeddings)
-        pf.opt.max_context = (uint32_t)DS4_MIN(pf.cfg->max_position_embeddings,
-                                               (int64_t)UINT32_MAX);
+        pf.opt.max_context =
+            (uint32_t)DS4_MIN(pf.cfg->max_position_embeddings, (int64_t)UINT32_MAX);
     if (ds4_kv_manifest_create(pf.cfg, &pf.manifest) != DS4_OK) {
         ds4_log_error("ds4-prefill: cannot build the KV manifest");
         goto out_model;
@@ -634,6 +642,8 @@ int main(int argc, char **argv)
     ds4_xfer_params_t xp = ds4_xfer_params_default();
     xp.manifest = pf.manifest;
     xp.refuse_tcp_only = pf.opt.refuse_tcp_only;
+    xp.connect_timeout_ms = pf.opt.xfer_connect_timeout_ms;
+    xp.preflight_bytes = pf.opt.xfer_preflight_bytes;
     if (ds4_xfer_create(ds4_daemon_loop(pf.daemon), &xp, &pf.xfer) != DS4_OK) {
         ds4_log_error("ds4-prefill: cannot start the KV transfer engine");
         goto out_daemon;

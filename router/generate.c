@@ -17,7 +17,7 @@ struct request {
     request_t *prev, *next;
     uint64_t id;
     char *client_id;
-    ds4_rpc_call_h call;                /* the client's Generate; NULL once finished */
+    ds4_rpc_call_h call; /* the client's Generate; NULL once finished */
     prepared_t prep;
     bool return_text, in_reasoning;
     ds4_detok_h *detok;
@@ -32,13 +32,13 @@ struct request {
     /* stop strings (borrowed from the client's request, alive while `call` is) */
     char **stops;
     size_t n_stops, max_stop_len;
-    char *text;                         /* generated text so far (only with stop strings) */
+    char *text; /* generated text so far (only with stop strings) */
     size_t text_len, text_cap, text_sent;
     /* attempts: a failure before the first token is retried once on other workers */
-    const Ds4__V1__SamplingParams *sampling;    /* borrowed like `stops` */
+    const Ds4__V1__SamplingParams *sampling; /* borrowed like `stops` */
     uint64_t deadline_at_ms;
     uint32_t attempts;
-    uint32_t stale;                     /* calls of an abandoned attempt not yet done */
+    uint32_t stale; /* calls of an abandoned attempt not yet done */
     bool local;
 };
 
@@ -105,15 +105,24 @@ static void send_release(router_t *rt, ds4_worker_t *w, uint64_t id, const char 
 static const char *code_kind(ds4_rpc_code_t code)
 {
     switch (code) {
-    case DS4_RPC_OK: return "ok";
-    case DS4_RPC_CANCELLED: return "cancelled";
-    case DS4_RPC_INVALID_ARGUMENT: return "invalid_argument";
-    case DS4_RPC_DEADLINE_EXCEEDED: return "deadline_exceeded";
-    case DS4_RPC_RESOURCE_EXHAUSTED: return "resource_exhausted";
-    case DS4_RPC_UNAVAILABLE: return "unavailable";
-    case DS4_RPC_ABORTED: return "aborted";
-    case DS4_RPC_FAILED_PRECONDITION: return "failed_precondition";
-    default: return "internal";
+    case DS4_RPC_OK:
+        return "ok";
+    case DS4_RPC_CANCELLED:
+        return "cancelled";
+    case DS4_RPC_INVALID_ARGUMENT:
+        return "invalid_argument";
+    case DS4_RPC_DEADLINE_EXCEEDED:
+        return "deadline_exceeded";
+    case DS4_RPC_RESOURCE_EXHAUSTED:
+        return "resource_exhausted";
+    case DS4_RPC_UNAVAILABLE:
+        return "unavailable";
+    case DS4_RPC_ABORTED:
+        return "aborted";
+    case DS4_RPC_FAILED_PRECONDITION:
+        return "failed_precondition";
+    default:
+        return "internal";
     }
 }
 
@@ -132,8 +141,8 @@ __attribute__((format(printf, 3, 4))) static void req_end(request_t *r, ds4_rpc_
         ds4_series_add(ds4_metric_series(rt->m_requests, kind), 1);
         if (code != DS4_RPC_OK) {
             ds4_series_add(ds4_metric_series(rt->m_errors, kind), 1);
-            ds4_log_info("router: request %" PRIu64 " ended %s: %s", r->id,
-                         ds4_rpc_code_name(code), msg);
+            ds4_log_info("router: request %" PRIu64 " ended %s: %s", r->id, ds4_rpc_code_name(code),
+                         msg);
         }
         ds4_rpc_call_finish(r->call, code, "%s", msg);
         r->call = NULL;
@@ -199,9 +208,8 @@ static bool maybe_retry(request_t *r, ds4_rpc_code_t code, bool prefill_failed, 
     if (r->pw != NULL && r->pw->assigned > 0)
         r->pw->assigned--;
     r->dw = r->pw = NULL;
-    r->id = ++rt->next_request_id;  /* the old id may still be releasing on the workers */
-    start_attempt(r, failed_d[0] != '\0' ? failed_d : NULL,
-                  failed_p[0] != '\0' ? failed_p : NULL);
+    r->id = ++rt->next_request_id; /* the old id may still be releasing on the workers */
+    start_attempt(r, failed_d[0] != '\0' ? failed_d : NULL, failed_p[0] != '\0' ? failed_p : NULL);
     return true;
 }
 
@@ -276,8 +284,8 @@ static void relay_token(request_t *r, uint32_t id, const Ds4__V1__TokenLogprob *
     resp.n_token_ids = 1;
     resp.token_ids = &id;
     resp.sampled_mono_ns = sampled_ns;
-    resp.channel = r->in_reasoning ? DS4__V1__CHANNEL__CHANNEL_REASONING
-                                   : DS4__V1__CHANNEL__CHANNEL_CONTENT;
+    resp.channel =
+        r->in_reasoning ? DS4__V1__CHANNEL__CHANNEL_REASONING : DS4__V1__CHANNEL__CHANNEL_CONTENT;
     Ds4__V1__TokenLogprob *lps[1] = {(Ds4__V1__TokenLogprob *)lp};
     if (lp != NULL) {
         resp.n_logprobs = 1;
@@ -307,8 +315,8 @@ static void relay_token(request_t *r, uint32_t id, const Ds4__V1__TokenLogprob *
                 if (end < r->text_sent)
                     end = r->text_sent;
             }
-            owned = ds4_strndup(r->text + r->text_sent, end > r->text_sent ? end - r->text_sent
-                                                                            : 0);
+            owned =
+                ds4_strndup(r->text + r->text_sent, end > r->text_sent ? end - r->text_sent : 0);
             r->text_sent = DS4_MAX(end, r->text_sent);
         } else {
             owned = ds4_strndup(text, text_len);
@@ -342,7 +350,7 @@ static void prefill_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const 
 {
     request_t *r = arg;
     router_t *rt = r->rt;
-    if (call != r->prefill) {  /* an abandoned attempt's call */
+    if (call != r->prefill) { /* an abandoned attempt's call */
         r->stale--;
         req_maybe_free(r);
         return;
@@ -485,7 +493,7 @@ static void reserve_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const 
 {
     request_t *r = arg;
     router_t *rt = r->rt;
-    if (call != r->reserve) {  /* an abandoned attempt's call */
+    if (call != r->reserve) { /* an abandoned attempt's call */
         r->stale--;
         req_maybe_free(r);
         return;
@@ -493,7 +501,7 @@ static void reserve_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const 
     r->reserve = NULL;
     if (r->call != NULL) {
         if (code == DS4_RPC_OK && r->finished_event) {
-            r->completed = true;  /* decode released its KV when it finished */
+            r->completed = true; /* decode released its KV when it finished */
             req_end(r, DS4_RPC_OK, "%s", "");
         } else if (code == DS4_RPC_OK) {
             req_end(r, DS4_RPC_INTERNAL, "decode stream ended without a finish event");
@@ -530,16 +538,16 @@ static bool start_attempt(request_t *r, const char *exclude_decode, const char *
     router_t *rt = r->rt;
     r->attempts++;
     uint64_t need = (uint64_t)r->prep.n_ids + r->sampling->max_tokens;
-    ds4_worker_t *dw = ds4_registry_pick_except(&rt->registry, DS4_ROLE_DECODE, need, NULL, 0,
-                                                exclude_decode);
-    if (dw == NULL && exclude_decode != NULL)  /* the only decode worker: try it again */
+    ds4_worker_t *dw =
+        ds4_registry_pick_except(&rt->registry, DS4_ROLE_DECODE, need, NULL, 0, exclude_decode);
+    if (dw == NULL && exclude_decode != NULL) /* the only decode worker: try it again */
         dw = ds4_registry_pick(&rt->registry, DS4_ROLE_DECODE, need, NULL, 0);
     ds4_worker_t *pw = NULL;
     /* Local prefill (on the decode worker): tiny prompts, or no prefill worker when allowed. */
     bool local = r->prep.n_ids <= DS4_MAX(rt->opt.local_prefill_max, 1u);
     if (dw != NULL && !local) {
-        pw = ds4_registry_pick_except(&rt->registry, DS4_ROLE_PREFILL, r->prep.n_ids,
-                                      dw->digest, dw->digest_len, exclude_prefill);
+        pw = ds4_registry_pick_except(&rt->registry, DS4_ROLE_PREFILL, r->prep.n_ids, dw->digest,
+                                      dw->digest_len, exclude_prefill);
         if (pw == NULL && exclude_prefill != NULL)
             pw = ds4_registry_pick(&rt->registry, DS4_ROLE_PREFILL, r->prep.n_ids, dw->digest,
                                    dw->digest_len);
@@ -547,8 +555,10 @@ static bool start_attempt(request_t *r, const char *exclude_decode, const char *
             local = true;
     }
     if (dw == NULL || (!local && pw == NULL)) {
-        req_end(r, DS4_RPC_UNAVAILABLE, "no %s worker available (%zu prefill, %zu decode "
-                "registered)", dw == NULL ? "decode" : "prefill",
+        req_end(r, DS4_RPC_UNAVAILABLE,
+                "no %s worker available (%zu prefill, %zu decode "
+                "registered)",
+                dw == NULL ? "decode" : "prefill",
                 ds4_registry_count(&rt->registry, DS4_ROLE_PREFILL),
                 ds4_registry_count(&rt->registry, DS4_ROLE_DECODE));
         return false;
@@ -654,8 +664,7 @@ void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void 
         r->max_stop_len = DS4_MAX(r->max_stop_len, strlen(r->stops[i]));
     bool need_text = r->return_text || r->n_stops > 0;
     if (r->client_id == NULL ||
-        (need_text && ds4_detok_create(rt->tok, &(ds4_detok_params_t){0}, &r->detok) !=
-                          DS4_OK)) {
+        (need_text && ds4_detok_create(rt->tok, &(ds4_detok_params_t){0}, &r->detok) != DS4_OK)) {
         ds4_free(r->client_id);
         ds4_free(prep.ids);
         ds4_free(r);

@@ -32,7 +32,8 @@ static void update_worker_gauges(router_t *rt)
 {
     ds4_series_set(rt->m_workers_prefill,
                    (double)ds4_registry_count(&rt->registry, DS4_ROLE_PREFILL));
-    ds4_series_set(rt->m_workers_decode, (double)ds4_registry_count(&rt->registry, DS4_ROLE_DECODE));
+    ds4_series_set(rt->m_workers_decode,
+                   (double)ds4_registry_count(&rt->registry, DS4_ROLE_DECODE));
 }
 
 static void on_worker_gone(void *arg, ds4_worker_t *w, const char *why)
@@ -134,7 +135,7 @@ static void rpc_tokenize(ds4_rpc_call_h call, const ProtobufCMessage *request, v
     }
     Ds4__V1__TokenizeResponse resp = DS4__V1__TOKENIZE_RESPONSE__INIT;
     resp.n_ids = n;
-    resp.ids = (uint32_t *)ids;  /* ids are non-negative; same width */
+    resp.ids = (uint32_t *)ids; /* ids are non-negative; same width */
     ds4_rpc_call_reply(call, &resp.base);
     ds4_free(ids);
 }
@@ -239,8 +240,8 @@ static void make_metrics(router_t *rt)
     ds4_metrics_h m = ds4_daemon_metrics(rt->daemon);
     const double *lb = ds4_metrics_latency_buckets;
     size_t nlb = ds4_metrics_n_latency_buckets;
-    rt->m_requests = ds4_metrics_counter(m, "ds4_requests_total", "Generate requests by outcome.",
-                                         "code");
+    rt->m_requests =
+        ds4_metrics_counter(m, "ds4_requests_total", "Generate requests by outcome.", "code");
     rt->m_errors = ds4_metrics_counter(m, "ds4_errors_total", "Failed requests by kind.", "kind");
     rt->m_running = ds4_metric_default(
         ds4_metrics_gauge(m, "ds4_running_requests", "Requests in flight at the router.", NULL));
@@ -323,8 +324,9 @@ int main(int argc, char **argv)
         ds4_log_set_level((ds4_log_level_t)lvl);
 
     int rc = 1;
-    ds4_status_t st = rt.opt.tokenizer != NULL ? ds4_tokenizer_load(rt.opt.tokenizer, &rt.tok, &diag)
-                                               : ds4_tokenizer_load_default(&rt.tok, &diag);
+    ds4_status_t st = rt.opt.tokenizer != NULL
+                          ? ds4_tokenizer_load(rt.opt.tokenizer, &rt.tok, &diag)
+                          : ds4_tokenizer_load_default(&rt.tok, &diag);
     if (st != DS4_OK) {
         ds4_diag_log(&diag, "ds4-router: tokenizer");
         goto out_opts;

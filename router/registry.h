@@ -18,7 +18,7 @@
 #include "ds4/status.h"
 
 typedef enum ds4_role {
-    DS4_ROLE_PREFILL = 1,   /* = WORKER_ROLE_PREFILL on the wire */
+    DS4_ROLE_PREFILL = 1, /* = WORKER_ROLE_PREFILL on the wire */
     DS4_ROLE_DECODE = 2,
 } ds4_role_t;
 
@@ -39,8 +39,8 @@ typedef struct ds4_worker {
     uint64_t kv_blocks_total;
     ds4_worker_load_t load;
     uint64_t last_seen_ms;
-    uint32_t assigned;      /* requests this router has placed on it and not yet finished */
-    void *user;             /* router.c: its channel */
+    uint32_t assigned; /* requests this router has placed on it and not yet finished */
+    void *user;        /* router.c: its channel */
     struct ds4_worker *next;
 } ds4_worker_t;
 

@@ -18,11 +18,11 @@
 typedef struct router_opts {
     const char *grpc_listen, *http_listen, *ports_file, *model, *tokenizer, *log_level;
     uint32_t heartbeat_interval_ms, liveness_timeout_ms, drain_timeout_ms;
-    uint32_t default_timeout_ms;    /* a Generate with neither gRPC deadline nor deadline_ms */
-    uint32_t max_context;           /* 0: the smallest max_context of the live workers */
+    uint32_t default_timeout_ms; /* a Generate with neither gRPC deadline nor deadline_ms */
+    uint32_t max_context;        /* 0: the smallest max_context of the live workers */
     uint32_t max_logprobs;
-    uint32_t local_prefill_max;     /* prompts of at most this many tokens prefill on decode */
-    bool prefill_fallback_local;    /* no prefill worker: prefill on decode instead of failing */
+    uint32_t local_prefill_max;  /* prompts of at most this many tokens prefill on decode */
+    bool prefill_fallback_local; /* no prefill worker: prefill on decode instead of failing */
 } router_opts_t;
 
 typedef struct request request_t;
@@ -33,8 +33,8 @@ typedef struct router {
     ds4_registry_t registry;
     ds4_tokenizer_h *tok;
     ds4_tok_scratch_h *scratch;
-    int32_t think_end_id;           /* "</think>" token id, or -1 */
-    int32_t eos_id;                 /* end of sentence, or -1 */
+    int32_t think_end_id; /* "</think>" token id, or -1 */
+    int32_t eos_id;       /* end of sentence, or -1 */
     uv_timer_t sweep_timer;
     request_t *requests;
     size_t n_requests;
@@ -48,9 +48,9 @@ typedef struct router {
 
 /* A validated, tokenized request. */
 typedef struct prepared {
-    int32_t *ids;           /* ds4_free */
+    int32_t *ids; /* ds4_free */
     size_t n_ids;
-    bool thinking;          /* chat rendered in thinking mode: output starts in reasoning */
+    bool thinking; /* chat rendered in thinking mode: output starts in reasoning */
 } prepared_t;
 
 /* Checks every field of `req`, tokenizes its prompt, and checks lengths. On failure returns the

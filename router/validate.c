@@ -102,8 +102,10 @@ static void check_sampling(router_t *rt, const Ds4__V1__SamplingParams *s, ds4_d
     uint32_t n_vocab = vocab_limit(rt);
     for (size_t i = 0; i < s->n_stop_token_ids; i++)
         if (s->stop_token_ids[i] >= n_vocab) {
-            ds4_diag_addf(d, "sampling.stop_token_ids", "id %u at [%zu] outside the vocabulary "
-                          "of %u", s->stop_token_ids[i], i, n_vocab);
+            ds4_diag_addf(d, "sampling.stop_token_ids",
+                          "id %u at [%zu] outside the vocabulary "
+                          "of %u",
+                          s->stop_token_ids[i], i, n_vocab);
             break;
         }
     for (size_t i = 0; i < s->n_stop; i++)
@@ -128,8 +130,8 @@ ds4_rpc_code_t router_prepare(router_t *rt, const Ds4__V1__GenerateRequest *req,
         return DS4_RPC_FAILED_PRECONDITION;
     }
     if (req->model[0] != '\0' && strcmp(req->model, rt->opt.model) != 0)
-        ds4_diag_addf(&d, "model", "unknown model \"%s\" (this cluster serves \"%s\")",
-                      req->model, rt->opt.model);
+        ds4_diag_addf(&d, "model", "unknown model \"%s\" (this cluster serves \"%s\")", req->model,
+                      rt->opt.model);
     check_sampling(rt, req->sampling, &d);
 
     uint32_t n_vocab = vocab_limit(rt);
@@ -182,8 +184,10 @@ ds4_rpc_code_t router_prepare(router_t *rt, const Ds4__V1__GenerateRequest *req,
     if (d.count == 0 && req->prompt_case != DS4__V1__GENERATE_REQUEST__PROMPT_PROMPT_IDS) {
         for (size_t i = 0; i < n_ids; i++)
             if ((uint32_t)ids[i] >= n_vocab) {
-                ds4_diag_addf(&d, req->prompt_case == DS4__V1__GENERATE_REQUEST__PROMPT_CHAT
-                                      ? "chat" : "prompt_text",
+                ds4_diag_addf(&d,
+                              req->prompt_case == DS4__V1__GENERATE_REQUEST__PROMPT_CHAT
+                                  ? "chat"
+                                  : "prompt_text",
                               "tokenizes to id %d at [%zu], outside the model's vocabulary of %u",
                               ids[i], i, n_vocab);
                 break;
@@ -196,8 +200,10 @@ ds4_rpc_code_t router_prepare(router_t *rt, const Ds4__V1__GenerateRequest *req,
             ds4_diag_addf(&d, "prompt", "%zu tokens, longer than the context length %u", n_ids,
                           ctx);
         else if (ctx != 0 && need > ctx)
-            ds4_diag_addf(&d, "sampling.max_tokens", "prompt %zu tokens + max_tokens %u exceed "
-                          "the context length %u", n_ids, req->sampling->max_tokens, ctx);
+            ds4_diag_addf(&d, "sampling.max_tokens",
+                          "prompt %zu tokens + max_tokens %u exceed "
+                          "the context length %u",
+                          n_ids, req->sampling->max_tokens, ctx);
     }
     if (d.count != 0 || d.oom) {
         join_diag(&d, msg, msg_len);
@@ -220,8 +226,8 @@ ds4_rpc_code_t router_tokenize(router_t *rt, const Ds4__V1__TokenizeRequest *req
     bool thinking = false;
     ds4_status_t st = DS4_ERR_BAD_REQUEST;
     if (req->model[0] != '\0' && strcmp(req->model, rt->opt.model) != 0)
-        ds4_diag_addf(&d, "model", "unknown model \"%s\" (this cluster serves \"%s\")",
-                      req->model, rt->opt.model);
+        ds4_diag_addf(&d, "model", "unknown model \"%s\" (this cluster serves \"%s\")", req->model,
+                      rt->opt.model);
     else if (req->input_case == DS4__V1__TOKENIZE_REQUEST__INPUT_TEXT)
         st = ds4_tokenizer_encode(rt->tok, rt->scratch, req->text, strlen(req->text), ids, n_ids,
                                   NULL, &d);

@@ -80,8 +80,7 @@ static void on_gen_msg(ds4_rpc_client_call_h call, ProtobufCMessage *m, void *ar
     protobuf_c_message_free_unpacked(m, NULL);
 }
 
-static void on_gen_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *msg,
-                        void *arg)
+static void on_gen_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *msg, void *arg)
 {
     stream_t *s = arg;
     s->done = true;
@@ -93,17 +92,20 @@ static bool run_call(ds4_rpc_channel_h ch, const char *method, const ProtobufCMe
                      const ProtobufCMessageDescriptor *resp, stream_t *s)
 {
     memset(s, 0, sizeof(*s));
-    ds4_rpc_call_params_t cp = {.method = method, .request = req, .response_type = resp,
-                                .timeout_ms = 600000, .on_message = on_gen_msg,
-                                .on_done = on_gen_done, .arg = s};
+    ds4_rpc_call_params_t cp = {.method = method,
+                                .request = req,
+                                .response_type = resp,
+                                .timeout_ms = 600000,
+                                .on_message = on_gen_msg,
+                                .on_done = on_gen_done,
+                                .arg = s};
     s->t_start = ds4_clock_now_s();
     if (ds4_rpc_channel_call(ch, &cp, NULL) != DS4_OK)
         return false;
     while (!s->done)
         uv_run(&loop, UV_RUN_ONCE);
     if (s->code != DS4_RPC_OK)
-        fprintf(stderr, "bench_pd: %s failed: %s %s\n", method, ds4_rpc_code_name(s->code),
-                s->msg);
+        fprintf(stderr, "bench_pd: %s failed: %s %s\n", method, ds4_rpc_code_name(s->code), s->msg);
     return s->code == DS4_RPC_OK;
 }
 
@@ -132,7 +134,9 @@ static double single_ttft(ds4_model_h m, const int32_t *prompt, uint32_t tokens,
     double t0 = ds4_clock_now_s();
     for (uint32_t off = 0; off < tokens; off += chunk) {
         uint32_t n = tokens - off < chunk ? tokens - off : chunk;
-        ds4_step_item_t it = {.seq = seq, .tokens = prompt + off, .n_tokens = (int32_t)n,
+        ds4_step_item_t it = {.seq = seq,
+                              .tokens = prompt + off,
+                              .n_tokens = (int32_t)n,
                               .logits = off + n == tokens ? logits : NULL};
         if (ds4_model_step(m, &it, 1, NULL) != DS4_OK) {
             ds4_seq_destroy(seq);
@@ -229,8 +233,8 @@ int main(int argc, char **argv)
     uint64_t x = 42;
     for (uint32_t i = 0; i < tokens; i++) {
         x = x * 6364136223846793005ull + 1442695040888963407ull;
-        prompt[i] = i == 0 ? cfg->bos_token_id
-                           : 2 + (int32_t)((x >> 33) % (uint64_t)(cfg->vocab_size - 2));
+        prompt[i] =
+            i == 0 ? cfg->bos_token_id : 2 + (int32_t)((x >> 33) % (uint64_t)(cfg->vocab_size - 2));
         uprompt[i] = (uint32_t)prompt[i];
     }
     float *logits = ds4_malloc_array((size_t)cfg->vocab_size, sizeof(float));
@@ -242,16 +246,19 @@ int main(int argc, char **argv)
     char router_addr[64], arg_threads[16], arg_chunk[16];
     snprintf(arg_threads, sizeof(arg_threads), "%u", threads);
     snprintf(arg_chunk, sizeof(arg_chunk), "%u", chunk);
-    const char *rargs[] = {"--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-                           "--log-level", "warn", NULL};
+    const char *rargs[] = {
+        "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log-level",
+        "warn",          NULL};
     if (!pdh_start(&router, "router", "router/ds4-router", rargs))
         return 1;
     snprintf(router_addr, sizeof(router_addr), "127.0.0.1:%d", router.grpc_port);
-    const char *pargs[] = {"--model", model_abs, "--router", router_addr, "--threads",
-                           arg_threads, "--chunk-tokens", arg_chunk, "--log-level", "warn", NULL};
-    const char *dargs[] = {"--model", model_abs, "--router", router_addr, "--threads",
-                           arg_threads, "--chunk-tokens", arg_chunk, "--log-level", "warn",
-                           "--max-sequences", "4", "--kv-tokens", NULL, NULL};
+    const char *pargs[] = {"--model",   model_abs,        "--router", router_addr,   "--threads",
+                           arg_threads, "--chunk-tokens", arg_chunk,  "--log-level", "warn",
+                           NULL};
+    const char *dargs[] = {
+        "--model",        model_abs, "--router",    router_addr, "--threads",       arg_threads,
+        "--chunk-tokens", arg_chunk, "--log-level", "warn",      "--max-sequences", "4",
+        "--kv-tokens",    NULL,      NULL};
     char kv_tokens[16];
     snprintf(kv_tokens, sizeof(kv_tokens), "%u", tokens + decode_tokens);
     dargs[13] = kv_tokens;
@@ -281,8 +288,8 @@ int main(int argc, char **argv)
     double ttft_pd = INFINITY;
     for (int round = 0; round < 2 && ok; round++) {
         fill_gen(&g, &sp, &ids, uprompt, tokens, 1);
-        ok = run_call(rch, "/ds4.v1.Ds4/Generate", &g.base,
-                      &ds4__v1__generate_response__descriptor, &pd);
+        ok = run_call(rch, "/ds4.v1.Ds4/Generate", &g.base, &ds4__v1__generate_response__descriptor,
+                      &pd);
         if (pd.t_first - pd.t_start < ttft_pd)
             ttft_pd = pd.t_first - pd.t_start;
         if (round == 0) {
@@ -327,8 +334,8 @@ int main(int argc, char **argv)
         pdh_kill_all();
         return 1;
     }
-    printf("bench_pd: prompt %u tokens, chunk %u, threads %u, model %s\n", tokens, chunk,
-           threads, model_abs);
+    printf("bench_pd: prompt %u tokens, chunk %u, threads %u, model %s\n", tokens, chunk, threads,
+           model_abs);
     printf("  %-34s %12.1f ms\n", "TTFT single process", ttft_single * 1e3);
     printf("  %-34s %12.1f ms   (first token %s: %d vs %d)\n", "TTFT PD (client)", ttft_pd * 1e3,
            pd.first_token == best ? "identical" : "DIFFERENT", pd.first_token, best);
@@ -336,8 +343,8 @@ int main(int argc, char **argv)
            (ttft_pd / ttft_single - 1) * 100);
     printf("  %-34s %12.0f tok/s\n", "prefill throughput (worker)", prefill_tps);
     printf("  %-34s %12.1f ms   (%.2f MiB KV per request, mean of %.0f)\n",
-           "KV transfer (computed->verified)", xfer_s * 1e3 / xfer_n, xfer_bytes / 1048576.0 /
-           xfer_n, xfer_n);
+           "KV transfer (computed->verified)", xfer_s * 1e3 / xfer_n,
+           xfer_bytes / 1048576.0 / xfer_n, xfer_n);
     printf("  %-34s p50 %8.1f us   p99 %8.1f us\n", "token latency via router", r50, r99);
     printf("  %-34s p50 %8.1f us   p99 %8.1f us\n", "token latency decode direct", d50, d99);
     printf("  %-34s p50 %8.1f us   p99 %8.1f us\n", "router added latency per token", r50 - d50,

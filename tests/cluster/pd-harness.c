@@ -17,11 +17,11 @@
 #include <uv.h>
 
 #include "ds4.pb-c.h"
-#include "ds4_worker.pb-c.h"
-#include "ds4/kv.h"
 #include "ds4/clock.h"
 #include "ds4/json.h"
+#include "ds4/kv.h"
 #include "ds4/metrics.h"
+#include "ds4_worker.pb-c.h"
 #include "pd-harness.h"
 
 #define MAX_PROCS 32
@@ -112,9 +112,18 @@ bool pdh_start(proc_t *p, const char *name, const char *exe_rel, const char *con
 
 bool pdh_start_router(proc_t *p, const char *extra_flag)
 {
-    const char *args[] = {"--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-                          "--heartbeat-interval-ms", "100", "--liveness-timeout-ms", "5000",
-                          "--drain-timeout-ms", "5000", extra_flag, NULL};
+    const char *args[] = {"--grpc-listen",
+                          "127.0.0.1:0",
+                          "--http-listen",
+                          "127.0.0.1:0",
+                          "--heartbeat-interval-ms",
+                          "100",
+                          "--liveness-timeout-ms",
+                          "5000",
+                          "--drain-timeout-ms",
+                          "5000",
+                          extra_flag,
+                          NULL};
     return pdh_start(p, "router", "router/ds4-router", args);
 }
 
@@ -125,9 +134,10 @@ bool pdh_start_worker(proc_t *p, bool prefill, const char *id, int router_port)
     const char *model = getenv("DS4_FIXTURES");
     static char model_dir[512];
     snprintf(model_dir, sizeof(model_dir), "%s/tiny-a", model != NULL ? model : "tests/fixtures");
-    const char *args[] = {"--model", model_dir, "--router", router, "--worker-id", id,
-                          "--threads", "1", "--drain-timeout-ms", "5000", "--chunk-tokens", "256",
-                          NULL};
+    const char *args[] = {
+        "--model",   model_dir, "--router",           router, "--worker-id",    id,
+        "--threads", "1",       "--drain-timeout-ms", "5000", "--chunk-tokens", "256",
+        NULL};
     return pdh_start(p, id, prefill ? "prefill/ds4-prefill" : "decode/ds4-decode", args);
 }
 
@@ -176,8 +186,8 @@ int pdh_http_get(int port, const char *path, char *buf, size_t cap)
     size_t got = 0;
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
         char req[256];
-        int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                         path);
+        int n = snprintf(req, sizeof(req),
+                         "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
         if (write(fd, req, (size_t)n) == n) {
             for (;;) {
                 ssize_t r = read(fd, buf + got, cap - 1 - got);
@@ -277,8 +287,7 @@ static void on_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, void *arg)
     }
 }
 
-static void on_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *message,
-                    void *arg)
+static void on_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *message, void *arg)
 {
     gen_t *g = arg;
     g->done = true;
@@ -464,11 +473,11 @@ bool pdh_ref_generate(const gen_t *g, int32_t *out, size_t *n_out)
     if (ds4_seq_create(ref_model, &seq) != DS4_OK)
         return false;
     float *logits = malloc((size_t)cfg->vocab_size * sizeof(float));
-    ds4_sampling_t sp = {.temperature = g->temperature, .top_k = g->top_k, .top_p = g->top_p,
-                         .seed = g->seed};
+    ds4_sampling_t sp = {
+        .temperature = g->temperature, .top_k = g->top_k, .top_p = g->top_p, .seed = g->seed};
     ds4_sampler_t s;
-    if (logits == NULL || ds4_sampler_init(&s, &sp, (uint32_t)cfg->vocab_size, g->ids,
-                                           g->n_ids) != DS4_OK) {
+    if (logits == NULL ||
+        ds4_sampler_init(&s, &sp, (uint32_t)cfg->vocab_size, g->ids, g->n_ids) != DS4_OK) {
         free(logits);
         ds4_seq_destroy(seq);
         return false;
@@ -479,7 +488,9 @@ bool pdh_ref_generate(const gen_t *g, int32_t *out, size_t *n_out)
     bool ok = true;
     for (size_t off = 0; ok && off < g->n_ids; off += 8192) {
         size_t n = g->n_ids - off < 8192 ? g->n_ids - off : 8192;
-        ds4_step_item_t it = {.seq = seq, .tokens = g->ids + off, .n_tokens = (int32_t)n,
+        ds4_step_item_t it = {.seq = seq,
+                              .tokens = g->ids + off,
+                              .n_tokens = (int32_t)n,
                               .logits = off + n == g->n_ids ? logits : NULL};
         ok = ds4_model_step(ref_model, &it, 1, NULL) == DS4_OK;
     }

@@ -55,8 +55,8 @@ typedef struct gen {
     uint64_t seed;
     bool seeded, ignore_eos;
     uint32_t timeout_ms;
-    uint32_t cancel_after;      /* client-cancel after this many tokens (0: never) */
-    const ProtobufCMessage *raw;    /* send this message instead (malformed tests) */
+    uint32_t cancel_after;       /* client-cancel after this many tokens (0: never) */
+    const ProtobufCMessage *raw; /* send this message instead (malformed tests) */
     const char *model;
     /* result */
     bool done;

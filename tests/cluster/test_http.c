@@ -67,8 +67,8 @@ static void handler(ds4_http_exchange_h ex, const ds4_http_request_t *req, void 
         ds4_http_respond(ex, 200, "text/plain", "ok\n", 3);
     } else if (strcmp(req->path, "/echo") == 0) {
         const char *h = ds4_http_request_header(req, "X-Test");
-        int n = snprintf(buf, sizeof(buf), "%s %s?%s len=%zu x=%s body=%s", req->method,
-                         req->path, req->query, req->body_len, h != NULL ? h : "-", req->body);
+        int n = snprintf(buf, sizeof(buf), "%s %s?%s len=%zu x=%s body=%s", req->method, req->path,
+                         req->query, req->body_len, h != NULL ? h : "-", req->body);
         ds4_http_respond(ex, 200, "text/plain", buf, (size_t)n);
     } else if (strcmp(req->path, "/stream") == 0) {
         streamer_t *s = calloc(1, sizeof(*s));
@@ -81,7 +81,7 @@ static void handler(ds4_http_exchange_h ex, const ds4_http_request_t *req, void 
     } else if (strcmp(req->path, "/slowstream") == 0) {
         streamer_t *s = calloc(1, sizeof(*s));
         s->ex = ex;
-        s->sent = -1000;  /* effectively endless */
+        s->sent = -1000; /* effectively endless */
         uv_timer_init(&loop, &s->timer);
         s->timer.data = s;
         ds4_http_exchange_on_close(ex, stream_closed, s);
@@ -99,7 +99,7 @@ typedef struct exchange {
     size_t send_len;
     char got[8192];
     size_t got_len;
-    size_t read_max;       /* stop after this many bytes (0: until the server closes) */
+    size_t read_max; /* stop after this many bytes (0: until the server closes) */
     bool closed_by_server;
     bool done;
 } exchange_t;
@@ -116,9 +116,9 @@ static void *client_main(void *arg)
         if (x->send_len > 0)
             (void)!write(fd, x->send, x->send_len);
         while (x->got_len < sizeof(x->got) - 1 && (x->read_max == 0 || x->got_len < x->read_max)) {
-            ssize_t n = read(fd, x->got + x->got_len,
-                             x->read_max != 0 ? x->read_max - x->got_len
-                                              : sizeof(x->got) - 1 - x->got_len);
+            ssize_t n =
+                read(fd, x->got + x->got_len,
+                     x->read_max != 0 ? x->read_max - x->got_len : sizeof(x->got) - 1 - x->got_len);
             if (n == 0)
                 x->closed_by_server = true;
             if (n <= 0)
@@ -173,11 +173,10 @@ static void test_simple_and_keepalive(void)
                             "Content-Length: 5\r\n\r\nabcde"
                             "GET /nope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"};
     run_client(&y);
-    const char *want =
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 37\r\n"
-        "Connection: keep-alive\r\n\r\nPOST /echo?a=1 len=5 x=yes body=abcde"
-        "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
-        "Connection: close\r\n\r\nno\n";
+    const char *want = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 37\r\n"
+                       "Connection: keep-alive\r\n\r\nPOST /echo?a=1 len=5 x=yes body=abcde"
+                       "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
+                       "Connection: close\r\n\r\nno\n";
     DS4_CHECKF(strcmp(y.got, want) == 0, "got [%s]", y.got);
     DS4_CHECK(y.closed_by_server);
 

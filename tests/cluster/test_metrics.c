@@ -23,33 +23,32 @@ static void test_render(void)
     const char *weird[] = {"a\"b\\c\nd"};
     ds4_series_add(ds4_metric_series(errs, timeout), 2);
     ds4_series_add(ds4_metric_series(errs, timeout), 1);
-    ds4_series_add(ds4_metric_series(errs, timeout), -5);  /* ignored: counters only go up */
+    ds4_series_add(ds4_metric_series(errs, timeout), -5); /* ignored: counters only go up */
     ds4_series_add(ds4_metric_series(errs, weird), 1);
     ds4_series_set(ds4_metric_default(q), 7);
     ds4_series_add(ds4_metric_default(q), -2.5);
     const char *dec[] = {"decode"};
     ds4_series_h hs = ds4_metric_series(h, dec);
     ds4_series_observe(hs, 0.05);
-    ds4_series_observe(hs, 0.1);   /* le is inclusive */
+    ds4_series_observe(hs, 0.1); /* le is inclusive */
     ds4_series_observe(hs, 2);
     ds4_series_observe(hs, 30);
 
-    const char *want =
-        "# HELP ds4_errors_total Errors by kind.\n"
-        "# TYPE ds4_errors_total counter\n"
-        "ds4_errors_total{kind=\"timeout\"} 3\n"
-        "ds4_errors_total{kind=\"a\\\"b\\\\c\\nd\"} 1\n"
-        "# HELP ds4_queue_depth Queued\\nrequests \\\\ now.\n"
-        "# TYPE ds4_queue_depth gauge\n"
-        "ds4_queue_depth 4.5\n"
-        "# HELP ds4_ttft_seconds TTFT.\n"
-        "# TYPE ds4_ttft_seconds histogram\n"
-        "ds4_ttft_seconds_bucket{role=\"decode\",le=\"0.1\"} 2\n"
-        "ds4_ttft_seconds_bucket{role=\"decode\",le=\"1\"} 2\n"
-        "ds4_ttft_seconds_bucket{role=\"decode\",le=\"2.5\"} 3\n"
-        "ds4_ttft_seconds_bucket{role=\"decode\",le=\"+Inf\"} 4\n"
-        "ds4_ttft_seconds_sum{role=\"decode\"} 32.15\n"
-        "ds4_ttft_seconds_count{role=\"decode\"} 4\n";
+    const char *want = "# HELP ds4_errors_total Errors by kind.\n"
+                       "# TYPE ds4_errors_total counter\n"
+                       "ds4_errors_total{kind=\"timeout\"} 3\n"
+                       "ds4_errors_total{kind=\"a\\\"b\\\\c\\nd\"} 1\n"
+                       "# HELP ds4_queue_depth Queued\\nrequests \\\\ now.\n"
+                       "# TYPE ds4_queue_depth gauge\n"
+                       "ds4_queue_depth 4.5\n"
+                       "# HELP ds4_ttft_seconds TTFT.\n"
+                       "# TYPE ds4_ttft_seconds histogram\n"
+                       "ds4_ttft_seconds_bucket{role=\"decode\",le=\"0.1\"} 2\n"
+                       "ds4_ttft_seconds_bucket{role=\"decode\",le=\"1\"} 2\n"
+                       "ds4_ttft_seconds_bucket{role=\"decode\",le=\"2.5\"} 3\n"
+                       "ds4_ttft_seconds_bucket{role=\"decode\",le=\"+Inf\"} 4\n"
+                       "ds4_ttft_seconds_sum{role=\"decode\"} 32.15\n"
+                       "ds4_ttft_seconds_count{role=\"decode\"} 4\n";
     char *text = ds4_metrics_render(reg);
     DS4_CHECK(text != NULL);
     DS4_CHECKF(text != NULL && strcmp(text, want) == 0, "got:\n%s", text);
@@ -57,8 +56,7 @@ static void test_render(void)
     double v = 0;
     DS4_CHECK(ds4_metrics_text_find(text, "ds4_errors_total{kind=\"timeout\"}", &v) && v == 3);
     DS4_CHECK(ds4_metrics_text_find(text, "ds4_queue_depth", &v) && v == 4.5);
-    DS4_CHECK(ds4_metrics_text_find(text, "ds4_ttft_seconds_count{role=\"decode\"}", &v) &&
-              v == 4);
+    DS4_CHECK(ds4_metrics_text_find(text, "ds4_ttft_seconds_count{role=\"decode\"}", &v) && v == 4);
     DS4_CHECK(!ds4_metrics_text_find(text, "ds4_queue", &v));
     DS4_CHECK(!ds4_metrics_text_find(text, "ds4_nothing", &v));
     ds4_free(text);

@@ -46,15 +46,16 @@ static void test_config_and_flags(void)
     const char *cfg = write_config("{\"grpc_listen\": \"0.0.0.0:7000\", \"max-sequences\": 8, "
                                    "\"ratio\": 0.5, \"refuse_tcp_only\": true, "
                                    "\"name\": \"from-config\"}");
-    char *argv[] = {"prog", "--config", (char *)cfg, "--max-sequences", "16", "--name=flag",
-                    "--kv-bytes", "17179869184", NULL};
+    char *argv[] = {"prog", "--config",    (char *)cfg,  "--max-sequences",
+                    "16",   "--name=flag", "--kv-bytes", "17179869184",
+                    NULL};
     o_t o = {.listen = "default", .n = 1};
     ds4_diag_t d;
     ds4_diag_init(&d);
     ds4_opts_state_t st;
     DS4_CHECK_STATUS(parse(&o, 8, argv, &d, &st), DS4_OK);
-    DS4_CHECK(strcmp(o.listen, "0.0.0.0:7000") == 0);  /* config */
-    DS4_CHECK_EQ_INT(o.n, 16);                           /* flag overrides config */
+    DS4_CHECK(strcmp(o.listen, "0.0.0.0:7000") == 0); /* config */
+    DS4_CHECK_EQ_INT(o.n, 16);                        /* flag overrides config */
     DS4_CHECK(strcmp(o.name, "flag") == 0);
     DS4_CHECK(o.big == 17179869184ull);
     DS4_CHECK(o.f == 0.5 && o.flag);
@@ -68,9 +69,9 @@ static void test_rejects(void)
 {
     const char *cfg = write_config("{\"max_sequences\": -1, \"ratio\": \"x\", \"bogus\": 1, "
                                    "\"refuse-tcp-only\": 1}");
-    char *argv[] = {"prog", "--config", (char *)cfg, "--nope", "--max-sequences", "4294967296",
-                    "--ratio", "1.5x", "stray", "--refuse-tcp-only=maybe", "--kv-bytes", "-3",
-                    "--name", NULL};
+    char *argv[] = {"prog",       "--config", (char *)cfg, "--nope", "--max-sequences",
+                    "4294967296", "--ratio",  "1.5x",      "stray",  "--refuse-tcp-only=maybe",
+                    "--kv-bytes", "-3",       "--name",    NULL};
     o_t o = {0};
     ds4_diag_t d;
     ds4_diag_init(&d);

@@ -43,7 +43,7 @@ static int32_t *make_prompt(size_t n, uint32_t seed)
         ids[i] = 2 + (int32_t)((x >> 33) % (uint64_t)(vocab - 2));
     }
     if (n > 0)
-        ids[0] = 0;  /* BOS */
+        ids[0] = 0; /* BOS */
     return ids;
 }
 
@@ -83,7 +83,7 @@ static void seeded(gen_t *g, uint64_t seed)
 
 static void test_identity(void)
 {
-    static const size_t lens[20] = {1,   2,   3,   7,   16,  33,  64,  100, 128,  200,
+    static const size_t lens[20] = {1,   2,   3,   7,   16,  33,  64,   100,  128,  200,
                                     255, 256, 300, 500, 512, 700, 1000, 1500, 2000, 3000};
     for (int i = 0; i < 20; i++) {
         gen_t *g = calloc(1, sizeof(*g));
@@ -153,8 +153,9 @@ static bool all_released(uint32_t timeout_ms)
               pdh_wait_metric(prefill0.http_port, "ds4_kv_sequences", 0, timeout_ms) &&
               pdh_wait_metric(router.http_port, "ds4_running_requests", 0, timeout_ms);
     if (!ok)
-        fprintf(stderr, "  not released: decode used %g/%g running %g/%g prefill seqs %g "
-                        "router running %g\n",
+        fprintf(stderr,
+                "  not released: decode used %g/%g running %g/%g prefill seqs %g "
+                "router running %g\n",
                 pdh_metric(decode0.http_port, "ds4_kv_blocks{state=\"used\"}"),
                 pdh_metric(decode1.http_port, "ds4_kv_blocks{state=\"used\"}"),
                 pdh_metric(decode0.http_port, "ds4_running_requests"),
@@ -168,8 +169,12 @@ static void test_cancel_and_deadline(void)
 {
     int32_t *ids = make_prompt(400, 9);
     /* client cancel mid-stream */
-    gen_t a = {.ids = ids, .n_ids = 400, .max_tokens = 3000, .ignore_eos = true,
-               .cancel_after = 5, .timeout_ms = 30000};
+    gen_t a = {.ids = ids,
+               .n_ids = 400,
+               .max_tokens = 3000,
+               .ignore_eos = true,
+               .cancel_after = 5,
+               .timeout_ms = 30000};
     gen_t *ga[1] = {&a};
     DS4_CHECK(pdh_generate(ga, 1, 30000));
     DS4_CHECKF(a.code == DS4_RPC_CANCELLED, "got %s", ds4_rpc_code_name(a.code));
@@ -197,8 +202,7 @@ static void test_cancel_and_deadline(void)
     DS4_CHECK(all_released(5000));
 
     /* deadline exceeded */
-    gen_t c = {.ids = ids, .n_ids = 400, .max_tokens = 3000, .ignore_eos = true,
-               .timeout_ms = 600};
+    gen_t c = {.ids = ids, .n_ids = 400, .max_tokens = 3000, .ignore_eos = true, .timeout_ms = 600};
     gen_t *gc[1] = {&c};
     DS4_CHECK(pdh_generate(gc, 1, 10000));
     DS4_CHECKF(c.code == DS4_RPC_DEADLINE_EXCEEDED, "got %s", ds4_rpc_code_name(c.code));
@@ -291,16 +295,16 @@ static char *read_incarnation(const proc_t *p, char *buf, size_t cap)
 static void test_kill9(void)
 {
     int32_t *ids = make_prompt(64, 21);
-    gen_t g = {.ids = ids, .n_ids = 64, .max_tokens = 3000, .ignore_eos = true,
-               .timeout_ms = 20000};
+    gen_t g = {
+        .ids = ids, .n_ids = 64, .max_tokens = 3000, .ignore_eos = true, .timeout_ms = 20000};
     gen_t *gs[1] = {&g};
     DS4_CHECK(pdh_generate_start(&g));
     uint64_t end = ds4_clock_now_ms() + 10000;
     while (g.n_out < 5 && !g.done && ds4_clock_now_ms() < end)
         pdh_client_run(5, gs, 1);
     DS4_CHECK(g.n_out >= 5 && !g.done);
-    proc_t *victim = pdh_metric(decode0.http_port, "ds4_running_requests") >= 1 ? &decode0
-                                                                                 : &decode1;
+    proc_t *victim =
+        pdh_metric(decode0.http_port, "ds4_running_requests") >= 1 ? &decode0 : &decode1;
     proc_t *other = victim == &decode0 ? &decode1 : &decode0;
     char inc_before[32];
     read_incarnation(victim, inc_before, sizeof(inc_before));
@@ -331,8 +335,8 @@ static void test_kill9(void)
     DS4_CHECK(restarted);
     char inc_after[32];
     read_incarnation(victim, inc_after, sizeof(inc_after));
-    DS4_CHECKF(inc_before[0] != '\0' && strcmp(inc_before, inc_after) != 0, "%s vs %s",
-               inc_before, inc_after);
+    DS4_CHECKF(inc_before[0] != '\0' && strcmp(inc_before, inc_after) != 0, "%s vs %s", inc_before,
+               inc_after);
     DS4_CHECK(pdh_wait_metric(router.http_port, "ds4_workers{role=\"decode\"}", 2, 10000));
     DS4_CHECK(pdh_wait_ready(victim->http_port, 10000));
     enum { M = 4 };
@@ -360,8 +364,7 @@ static void test_kill9(void)
 static void test_drain(void)
 {
     int32_t *ids = make_prompt(32, 5);
-    gen_t g = {.ids = ids, .n_ids = 32, .max_tokens = 60, .ignore_eos = true,
-               .timeout_ms = 30000};
+    gen_t g = {.ids = ids, .n_ids = 32, .max_tokens = 60, .ignore_eos = true, .timeout_ms = 30000};
     gen_t *gs[1] = {&g};
     DS4_CHECK(pdh_generate_start(&g));
     uint64_t end = ds4_clock_now_ms() + 10000;

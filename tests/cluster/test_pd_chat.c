@@ -76,8 +76,12 @@ static bool call(const char *method, const ProtobufCMessage *req,
                  const ProtobufCMessageDescriptor *resp, call_state_t *s)
 {
     memset(s, 0, sizeof(*s));
-    ds4_rpc_call_params_t cp = {.method = method, .request = req, .response_type = resp,
-                                .timeout_ms = 300000, .on_message = on_msg, .on_done = on_done,
+    ds4_rpc_call_params_t cp = {.method = method,
+                                .request = req,
+                                .response_type = resp,
+                                .timeout_ms = 300000,
+                                .on_message = on_msg,
+                                .on_done = on_done,
                                 .arg = s};
     if (ds4_rpc_channel_call(ch, &cp, NULL) != DS4_OK)
         return false;
@@ -111,8 +115,8 @@ static void check_chat(const char *system, const char *user, Ds4__V1__ReasoningM
     tr.chat = &chat;
     tr.reasoning = mode;
     static call_state_t tok, gen;
-    DS4_CHECK(call("/ds4.v1.Ds4/Tokenize", &tr.base, &ds4__v1__tokenize_response__descriptor,
-                   &tok));
+    DS4_CHECK(
+        call("/ds4.v1.Ds4/Tokenize", &tr.base, &ds4__v1__tokenize_response__descriptor, &tok));
     DS4_CHECKF(tok.code == DS4_RPC_OK && tok.n_ids > 0, "%s", tok.msg);
 
     Ds4__V1__GenerateRequest g = DS4__V1__GENERATE_REQUEST__INIT;
@@ -130,8 +134,7 @@ static void check_chat(const char *system, const char *user, Ds4__V1__ReasoningM
         sp.seeded = 1;
     }
     g.sampling = &sp;
-    DS4_CHECK(call("/ds4.v1.Ds4/Generate", &g.base, &ds4__v1__generate_response__descriptor,
-                   &gen));
+    DS4_CHECK(call("/ds4.v1.Ds4/Generate", &g.base, &ds4__v1__generate_response__descriptor, &gen));
     DS4_CHECKF(gen.code == DS4_RPC_OK, "%s", gen.msg);
 
     gen_t ref = {.ids = tok.ids, .n_ids = tok.n_ids, .max_tokens = 12};
@@ -171,8 +174,8 @@ static void test_text_and_8k(void)
     tr.input_case = DS4__V1__TOKENIZE_REQUEST__INPUT_TEXT;
     tr.text = "The quick brown fox jumps over the lazy dog.";
     static call_state_t tok;
-    DS4_CHECK(call("/ds4.v1.Ds4/Tokenize", &tr.base, &ds4__v1__tokenize_response__descriptor,
-                   &tok));
+    DS4_CHECK(
+        call("/ds4.v1.Ds4/Tokenize", &tr.base, &ds4__v1__tokenize_response__descriptor, &tok));
     gen_t a = {.ids = tok.ids, .n_ids = tok.n_ids, .max_tokens = 10};
     int32_t want[16];
     size_t n_want = 0;
@@ -185,8 +188,7 @@ static void test_text_and_8k(void)
     sp.max_tokens = 10;
     g.sampling = &sp;
     static call_state_t gen;
-    DS4_CHECK(call("/ds4.v1.Ds4/Generate", &g.base, &ds4__v1__generate_response__descriptor,
-                   &gen));
+    DS4_CHECK(call("/ds4.v1.Ds4/Generate", &g.base, &ds4__v1__generate_response__descriptor, &gen));
     DS4_CHECKF(gen.code == DS4_RPC_OK, "%s", gen.msg);
     DS4_CHECK(gen.n_ids == n_want && memcmp(gen.ids, want, n_want * sizeof(int32_t)) == 0);
 
@@ -222,8 +224,8 @@ static void test_stop_strings(void)
     sp.ignore_eos = 1;
     g.sampling = &sp;
     static call_state_t full, cut;
-    DS4_CHECK(call("/ds4.v1.Ds4/Generate", &g.base, &ds4__v1__generate_response__descriptor,
-                   &full));
+    DS4_CHECK(
+        call("/ds4.v1.Ds4/Generate", &g.base, &ds4__v1__generate_response__descriptor, &full));
     DS4_CHECKF(full.code == DS4_RPC_OK && full.text_len > 8, "%s (%zu bytes)", full.msg,
                full.text_len);
     DS4_CHECK_EQ_INT(full.finish, DS4__V1__FINISH_REASON__FINISH_REASON_LENGTH);
@@ -233,7 +235,7 @@ static void test_stop_strings(void)
     while (at > 0 && ((unsigned char)full.text[at] & 0xC0) == 0x80)
         at--;
     size_t end = at;
-    for (int cp = 0; cp < 3 && end < full.text_len; cp++) {  /* three code points */
+    for (int cp = 0; cp < 3 && end < full.text_len; cp++) { /* three code points */
         end++;
         while (end < full.text_len && ((unsigned char)full.text[end] & 0xC0) == 0x80)
             end++;
@@ -244,8 +246,7 @@ static void test_stop_strings(void)
     char *stops[1] = {stop};
     sp.n_stop = 1;
     sp.stop = stops;
-    DS4_CHECK(call("/ds4.v1.Ds4/Generate", &g.base, &ds4__v1__generate_response__descriptor,
-                   &cut));
+    DS4_CHECK(call("/ds4.v1.Ds4/Generate", &g.base, &ds4__v1__generate_response__descriptor, &cut));
     DS4_CHECKF(cut.code == DS4_RPC_OK, "%s", cut.msg);
     DS4_CHECK_EQ_INT(cut.finish, DS4__V1__FINISH_REASON__FINISH_REASON_STOP);
     DS4_CHECK_EQ_INT(cut.text_len, first);
@@ -269,11 +270,11 @@ int main(void)
     const char *rargs[] = {"--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", NULL};
     bool ok = pdh_start(&router, "router", "router/ds4-router", rargs);
     snprintf(router_addr, sizeof(router_addr), "127.0.0.1:%d", router.grpc_port);
-    const char *pargs[] = {"--model", model, "--router", router_addr, "--threads", "1",
+    const char *pargs[] = {"--model",        model,  "--router", router_addr, "--threads", "1",
                            "--chunk-tokens", "2048", NULL};
-    const char *dargs[] = {"--model", model, "--router", router_addr, "--threads", "1",
-                           "--chunk-tokens", "2048", "--kv-tokens", "8300", "--max-sequences",
-                           "4", NULL};
+    const char *dargs[] = {
+        "--model", model,         "--router", router_addr,       "--threads", "1", "--chunk-tokens",
+        "2048",    "--kv-tokens", "8300",     "--max-sequences", "4",         NULL};
     ok = ok && pdh_start(&prefill0, "prefill-0", "prefill/ds4-prefill", pargs) &&
          pdh_start(&decode0, "decode-0", "decode/ds4-decode", dargs) &&
          pdh_wait_ready(router.http_port, 60000);

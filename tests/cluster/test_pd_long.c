@@ -40,10 +40,11 @@ int main(void)
     DS4_CHECK(pdh_start(&router, "router", "router/ds4-router", rargs));
     snprintf(router_addr, sizeof(router_addr), "127.0.0.1:%d", router.grpc_port);
     snprintf(kv_tokens, sizeof(kv_tokens), "%u", tokens + 16);
-    const char *pargs[] = {"--model", model, "--router", router_addr, "--chunk-tokens", "4096",
-                           NULL};
-    const char *dargs[] = {"--model", model, "--router", router_addr, "--max-sequences", "2",
-                           "--kv-seqs", "1", "--kv-tokens", kv_tokens, NULL};
+    const char *pargs[] = {"--model",        model,  "--router", router_addr,
+                           "--chunk-tokens", "4096", NULL};
+    const char *dargs[] = {"--model",         model,     "--router",  router_addr,
+                           "--max-sequences", "2",       "--kv-seqs", "1",
+                           "--kv-tokens",     kv_tokens, NULL};
     DS4_CHECK(pdh_start(&prefill0, "prefill-0", "prefill/ds4-prefill", pargs));
     DS4_CHECK(pdh_start(&decode0, "decode-0", "decode/ds4-decode", dargs));
     if (!pdh_wait_ready(router.http_port, 60000) || !pdh_client_open(router.grpc_port)) {

@@ -29,11 +29,11 @@ static void test_generate_request_wire_bytes(void)
 
     /* By hand: 08 01 | 12 04 "tiny" | 22 05 (0a 03 01 ac 02) | 3a 07 (0d 0000003f 50 10) */
     static const uint8_t want[] = {
-        0x08, 0x01,                                     /* api_version = 1 */
-        0x12, 0x04, 't', 'i', 'n', 'y',                 /* model */
-        0x22, 0x05, 0x0a, 0x03, 0x01, 0xac, 0x02,       /* prompt_ids {ids: [1, 300] packed} */
-        0x3a, 0x07, 0x0d, 0x00, 0x00, 0x00, 0x3f,       /* sampling {temperature 0.5f */
-        0x50, 0x10,                                     /*           max_tokens 16} */
+        0x08, 0x01,                               /* api_version = 1 */
+        0x12, 0x04, 't',  'i',  'n',  'y',        /* model */
+        0x22, 0x05, 0x0a, 0x03, 0x01, 0xac, 0x02, /* prompt_ids {ids: [1, 300] packed} */
+        0x3a, 0x07, 0x0d, 0x00, 0x00, 0x00, 0x3f, /* sampling {temperature 0.5f */
+        0x50, 0x10,                               /*           max_tokens 16} */
     };
     uint8_t buf[64];
     size_t n = ds4__v1__generate_request__get_packed_size(&req);
@@ -110,8 +110,8 @@ static void test_worker_messages(void)
     info.role = DS4__WORKER__V1__WORKER_ROLE__WORKER_ROLE_DECODE;
     info.incarnation = 0x1122334455667788ull;
     reg.info = &info;
-    static const uint8_t want[] = {0x12, 0x0b, 0x08, 0x02, 0x19, 0x88, 0x77, 0x66,
-                                   0x55, 0x44, 0x33, 0x22, 0x11};
+    static const uint8_t want[] = {0x12, 0x0b, 0x08, 0x02, 0x19, 0x88, 0x77,
+                                   0x66, 0x55, 0x44, 0x33, 0x22, 0x11};
     uint8_t buf[64];
     DS4_CHECK_EQ_INT(ds4__worker__v1__register_request__get_packed_size(&reg), sizeof(want));
     ds4__worker__v1__register_request__pack(&reg, buf);

@@ -19,8 +19,12 @@ static void on_gone(void *arg, ds4_worker_t *w, const char *why)
 static ds4_worker_t *reg(ds4_registry_t *r, const char *id, ds4_role_t role, uint64_t inc,
                          uint32_t cap, uint64_t now)
 {
-    ds4_worker_info_t in = {.id = id, .rpc_address = "127.0.0.1:1", .incarnation = inc,
-                            .role = role, .max_sequences = cap, .max_context = 1000};
+    ds4_worker_info_t in = {.id = id,
+                            .rpc_address = "127.0.0.1:1",
+                            .incarnation = inc,
+                            .role = role,
+                            .max_sequences = cap,
+                            .max_context = 1000};
     ds4_worker_t *w = NULL;
     bool is_new = false;
     char why[128];
@@ -51,8 +55,8 @@ static void test_incarnations(void)
     DS4_CHECK_EQ_INT(ds4_registry_count(&r, DS4_ROLE_DECODE), 1);
 
     /* bad registrations name the field */
-    ds4_worker_info_t bad = {.id = "x", .rpc_address = "nohost", .incarnation = 1,
-                             .role = DS4_ROLE_DECODE};
+    ds4_worker_info_t bad = {
+        .id = "x", .rpc_address = "nohost", .incarnation = 1, .role = DS4_ROLE_DECODE};
     ds4_worker_t *w = NULL;
     bool is_new;
     char why[128] = "";
@@ -73,7 +77,7 @@ static void test_incarnations(void)
     reg(&r, "prefill-0", DS4_ROLE_PREFILL, 5, 1, 500);
     DS4_CHECK_EQ_INT(ds4_registry_sweep(&r, 1000), 0);
     DS4_CHECK(ds4_registry_heartbeat(&r, "prefill-0", 5, NULL, 1000));
-    DS4_CHECK_EQ_INT(ds4_registry_sweep(&r, 1500), 1);  /* decode-0 last seen at 40 */
+    DS4_CHECK_EQ_INT(ds4_registry_sweep(&r, 1500), 1); /* decode-0 last seen at 40 */
     DS4_CHECK_STR_CONTAINS(gone_last, "decode-0:no heartbeat");
     DS4_CHECK_EQ_INT(ds4_registry_sweep(&r, 2001), 1);
     DS4_CHECK(r.head == NULL);

@@ -40,8 +40,8 @@ typedef struct stream_state {
     uint32_t next, count;
 } stream_state_t;
 
-static int server_cancels;     /* cancel callbacks seen by the server */
-static int streams_finished;   /* streams the server ran to completion */
+static int server_cancels;   /* cancel callbacks seen by the server */
+static int streams_finished; /* streams the server ran to completion */
 
 static void tokenize_handler(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
 {
@@ -159,7 +159,7 @@ typedef struct result {
     uint32_t ids[256];
     uint32_t n_ids;
     bool in_order;
-    uint32_t cancel_after;  /* cancel the call after this many messages (0 = never) */
+    uint32_t cancel_after; /* cancel the call after this many messages (0 = never) */
 } result_t;
 
 static void on_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, void *arg)
@@ -185,8 +185,7 @@ static void on_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, void *arg)
         ds4_rpc_client_call_cancel(call);
 }
 
-static void on_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *message,
-                    void *arg)
+static void on_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *message, void *arg)
 {
     result_t *r = arg;
     r->done = true;
@@ -415,7 +414,7 @@ static void test_shutdown_grace(void)
     ds4_rpc_channel_h ch = open_channel(port);
     server_cancels = 0;
     result_t r = {0};
-    start_generate(ch, &r, 1000, 50, 0);   /* 50 s of stream, no deadline */
+    start_generate(ch, &r, 1000, 50, 0); /* 50 s of stream, no deadline */
     /* Wait for it to be running. */
     uint64_t end = ds4_clock_now_ms() + 3000;
     while (r.n_msgs < 2 && ds4_clock_now_ms() < end)

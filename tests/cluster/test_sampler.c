@@ -21,7 +21,7 @@ static void test_greedy_and_logprobs(void)
     DS4_CHECK_STATUS(ds4_sampler_init(&s, &p, V, NULL, 0), DS4_OK);
     ds4_sample_out_t o;
     ds4_sampler_sample(&s, base, &o);
-    DS4_CHECK_EQ_INT(o.token, 1);  /* ids 1 and 4 tie at 3.0: the lower id */
+    DS4_CHECK_EQ_INT(o.token, 1); /* ids 1 and 4 tie at 3.0: the lower id */
     double z = 0;
     for (int i = 0; i < V; i++)
         z += exp(base[i]);
@@ -48,7 +48,7 @@ static void test_distribution(void)
     for (int n = 0; n < N; n++) {
         ds4_sampler_sample(&s, base, &o);
         count[o.token]++;
-        memset(s.counts, 0, V * sizeof(*s.counts));  /* no penalties configured anyway */
+        memset(s.counts, 0, V * sizeof(*s.counts)); /* no penalties configured anyway */
     }
     for (int i = 0; i < V; i++) {
         double mean = N * q[i], sd = sqrt(N * q[i] * (1 - q[i]));
@@ -139,11 +139,11 @@ static void test_penalties(void)
     ds4_sampling_t pf = {.presence_penalty = 0.6f, .frequency_penalty = 0.5f};
     ds4_sampler_init(&s, &pf, V, prompt, 1);
     ds4_sampler_sample(&s, base, &o);
-    DS4_CHECK_EQ_INT(o.token, 1);   /* prompt tokens are not penalised by presence/frequency */
+    DS4_CHECK_EQ_INT(o.token, 1); /* prompt tokens are not penalised by presence/frequency */
     ds4_sampler_sample(&s, base, &o);
-    DS4_CHECK_EQ_INT(o.token, 4);   /* 1: 3.0 - 0.6 - 0.5 = 1.9 */
+    DS4_CHECK_EQ_INT(o.token, 4); /* 1: 3.0 - 0.6 - 0.5 = 1.9 */
     ds4_sampler_sample(&s, base, &o);
-    DS4_CHECK_EQ_INT(o.token, 2);   /* 4: 1.9 too; 2: 2.5 */
+    DS4_CHECK_EQ_INT(o.token, 2); /* 4: 1.9 too; 2: 2.5 */
     ds4_sampler_free(&s);
 }
 

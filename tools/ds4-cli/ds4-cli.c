@@ -97,7 +97,7 @@ static void on_message(ds4_rpc_client_call_h call, ProtobufCMessage *msg, void *
                 if (c->channel_printed)
                     fputc('\n', stdout);
                 fputs(g->channel == DS4__V1__CHANNEL__CHANNEL_REASONING ? "[reasoning] "
-                                                                       : "[answer] ",
+                                                                        : "[answer] ",
                       stdout);
                 c->channel = g->channel;
                 c->channel_printed = true;
@@ -110,7 +110,7 @@ static void on_message(ds4_rpc_client_call_h call, ProtobufCMessage *msg, void *
                     g->usage->prompt_tokens, g->usage->completion_tokens,
                     g->usage->reasoning_tokens, g->usage->ttft_ms, (int)g->finish_reason);
         if (c->hangup_after != 0 && c->n_tokens >= c->hangup_after)
-            _exit(0);  /* a client that vanishes mid-stream (socket closed by the kernel) */
+            _exit(0); /* a client that vanishes mid-stream (socket closed by the kernel) */
         if (c->cancel_after != 0 && c->n_tokens >= c->cancel_after) {
             c->cancel_after = 0;
             ds4_rpc_client_call_cancel(call);
@@ -135,8 +135,7 @@ static void on_message(ds4_rpc_client_call_h call, ProtobufCMessage *msg, void *
     protobuf_c_message_free_unpacked(msg, NULL);
 }
 
-static void on_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *message,
-                    void *arg)
+static void on_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *message, void *arg)
 {
     cli_t *c = arg;
     c->done = true;
@@ -223,8 +222,8 @@ int main(int argc, char **argv)
     Ds4__V1__ListModelsRequest lm = DS4__V1__LIST_MODELS_REQUEST__INIT;
     Ds4__V1__HealthRequest hr = DS4__V1__HEALTH_REQUEST__INIT;
     uint32_t *ids = NULL;
-    ds4_rpc_call_params_t cp = {.timeout_ms = c.timeout_ms, .on_message = on_message,
-                                .on_done = on_done, .arg = &c};
+    ds4_rpc_call_params_t cp = {
+        .timeout_ms = c.timeout_ms, .on_message = on_message, .on_done = on_done, .arg = &c};
     if (c.tokenize != NULL) {
         tok.input_case = DS4__V1__TOKENIZE_REQUEST__INPUT_TEXT;
         tok.text = (char *)c.tokenize;
@@ -277,9 +276,10 @@ int main(int argc, char **argv)
             rc = 2;
             goto out_channel;
         }
-        gen.reasoning = strcmp(c.reasoning, "on") == 0    ? DS4__V1__REASONING_MODE__REASONING_ON
-                        : strcmp(c.reasoning, "off") == 0 ? DS4__V1__REASONING_MODE__REASONING_OFF
-                                                          : DS4__V1__REASONING_MODE__REASONING_DEFAULT;
+        gen.reasoning = strcmp(c.reasoning, "on") == 0 ? DS4__V1__REASONING_MODE__REASONING_ON
+                        : strcmp(c.reasoning, "off") == 0
+                            ? DS4__V1__REASONING_MODE__REASONING_OFF
+                            : DS4__V1__REASONING_MODE__REASONING_DEFAULT;
         sp.max_tokens = c.max_tokens;
         sp.temperature = (float)c.temperature;
         sp.top_p = (float)c.top_p;

@@ -104,7 +104,7 @@ static pid_t spawn(const char *name, char *const argv[], const char *log_path)
             dup2(fd, 2);
             close(fd);
         }
-        signal(SIGINT, SIG_IGN);  /* Ctrl-C goes to the launcher, which stops us in order */
+        signal(SIGINT, SIG_IGN); /* Ctrl-C goes to the launcher, which stops us in order */
         execv(argv[0], argv);
         fprintf(stderr, "ds4-cluster: cannot exec %s: %s\n", argv[0], strerror(errno));
         _exit(127);
@@ -147,8 +147,8 @@ static int http_get_status(int port, const char *path)
     int status = -1;
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
         char req[256];
-        int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                         path);
+        int n = snprintf(req, sizeof(req),
+                         "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
         if (write(fd, req, (size_t)n) == n) {
             char buf[64];
             ssize_t got = read(fd, buf, sizeof(buf) - 1);
@@ -192,8 +192,7 @@ static void stop_all(uint32_t timeout_ms)
         if (ds4_clock_now_ms() > end) {
             for (int i = 0; i < n_children; i++)
                 if (children[i].pid > 0) {
-                    fprintf(stderr, "ds4-cluster: %s did not stop, killing it\n",
-                            children[i].name);
+                    fprintf(stderr, "ds4-cluster: %s did not stop, killing it\n", children[i].name);
                     kill(children[i].pid, SIGKILL);
                     waitpid(children[i].pid, NULL, 0);
                     children[i].pid = 0;
@@ -217,8 +216,10 @@ static int run(opts_t *o, int ready_fd)
     if (find_bin("router", "ds4-router", router, sizeof(router)) == NULL ||
         find_bin("prefill", "ds4-prefill", prefill, sizeof(prefill)) == NULL ||
         find_bin("decode", "ds4-decode", decode, sizeof(decode)) == NULL) {
-        fprintf(stderr, "ds4-cluster: cannot find ds4-router/ds4-prefill/ds4-decode next to %s "
-                        "(set DS4_BIN_DIR)\n", self_dir());
+        fprintf(stderr,
+                "ds4-cluster: cannot find ds4-router/ds4-prefill/ds4-decode next to %s "
+                "(set DS4_BIN_DIR)\n",
+                self_dir());
         return 1;
     }
     signal(SIGTERM, on_signal);
@@ -233,8 +234,16 @@ static int run(opts_t *o, int ready_fd)
     snprintf(log, sizeof(log), "%s/router.log", o->run_dir);
     snprintf(arg_grpc, sizeof(arg_grpc), "%s:%u", o->host, o->port);
     snprintf(arg_http, sizeof(arg_http), "%s:%u", o->host, o->http_port);
-    char *rargv[12] = {router,   "--grpc-listen", arg_grpc, "--http-listen", arg_http,
-                       "--ports-file", path, "--log-level", (char *)o->log_level, NULL};
+    char *rargv[12] = {router,
+                       "--grpc-listen",
+                       arg_grpc,
+                       "--http-listen",
+                       arg_http,
+                       "--ports-file",
+                       path,
+                       "--log-level",
+                       (char *)o->log_level,
+                       NULL};
     if (o->fallback_local || o->prefill == 0)
         rargv[9] = "--prefill-fallback-local";
     if (spawn("router", rargv, log) < 0)
@@ -258,10 +267,24 @@ static int run(opts_t *o, int ready_fd)
         snprintf(id, sizeof(id), "%s-%u", is_p ? "prefill" : "decode", k);
         snprintf(wlog, sizeof(wlog), "%s/%s.log", o->run_dir, id);
         snprintf(wports, sizeof(wports), "%s/%s.ports", o->run_dir, id);
-        char *wargv[] = {is_p ? prefill : decode, "--model", (char *)o->model, "--router",
-                         arg_router, "--worker-id", id, "--ports-file", wports, "--log-level",
-                         (char *)o->log_level, "--threads", arg_threads, "--chunk-tokens",
-                         arg_chunk, is_p ? "--max-queue" : "--max-sequences", arg_maxseq, NULL};
+        char *wargv[] = {is_p ? prefill : decode,
+                         "--model",
+                         (char *)o->model,
+                         "--router",
+                         arg_router,
+                         "--worker-id",
+                         id,
+                         "--ports-file",
+                         wports,
+                         "--log-level",
+                         (char *)o->log_level,
+                         "--threads",
+                         arg_threads,
+                         "--chunk-tokens",
+                         arg_chunk,
+                         is_p ? "--max-queue" : "--max-sequences",
+                         arg_maxseq,
+                         NULL};
         if (spawn(id, wargv, wlog) < 0) {
             stop_all(o->stop_timeout_ms);
             return 1;
@@ -356,9 +379,16 @@ int main(int argc, char **argv)
         argv++;
         argc--;
     }
-    opts_t o = {.prefill = 1, .decode = 1, .port = 7000, .http_port = 7080, .host = "127.0.0.1",
-                .log_level = "info", .ready_timeout_ms = 60000, .stop_timeout_ms = 15000,
-                .chunk_tokens = 512, .max_sequences = 64};
+    opts_t o = {.prefill = 1,
+                .decode = 1,
+                .port = 7000,
+                .http_port = 7080,
+                .host = "127.0.0.1",
+                .log_level = "info",
+                .ready_timeout_ms = 60000,
+                .stop_timeout_ms = 15000,
+                .chunk_tokens = 512,
+                .max_sequences = 64};
     const ds4_opt_t opts[] = {
         {"model", DS4_OPT_STR, &o.model, "checkpoint directory (required for run/start)"},
         {"prefill", DS4_OPT_U32, &o.prefill, "prefill workers"},

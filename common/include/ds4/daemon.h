@@ -40,25 +40,25 @@ extern "C" {
 /* ---- options ---- */
 
 typedef enum ds4_opt_type {
-    DS4_OPT_STR = 0,    /* const char ** (points into argv or the config; valid until
-                           ds4_opts_free) */
-    DS4_OPT_U32 = 1,    /* uint32_t * */
-    DS4_OPT_U64 = 2,    /* uint64_t * */
-    DS4_OPT_F64 = 3,    /* double * */
-    DS4_OPT_BOOL = 4,   /* bool * ("--x", "--x=true|false|1|0"; JSON true/false) */
+    DS4_OPT_STR = 0,  /* const char ** (points into argv or the config; valid until
+                         ds4_opts_free) */
+    DS4_OPT_U32 = 1,  /* uint32_t * */
+    DS4_OPT_U64 = 2,  /* uint64_t * */
+    DS4_OPT_F64 = 3,  /* double * */
+    DS4_OPT_BOOL = 4, /* bool * ("--x", "--x=true|false|1|0"; JSON true/false) */
 } ds4_opt_type_t;
 
 typedef struct ds4_opt {
-    const char *name;   /* "grpc-listen" (flag --grpc-listen, JSON grpc_listen) */
+    const char *name; /* "grpc-listen" (flag --grpc-listen, JSON grpc_listen) */
     ds4_opt_type_t type;
-    void *ptr;          /* holds the default on entry */
+    void *ptr; /* holds the default on entry */
     const char *help;
 } ds4_opt_t;
 
 /* Keeps the config file's JSON alive for DS4_OPT_STR values. */
 typedef struct ds4_opts_state {
     void *config_json;
-    bool help;          /* --help / -h was given */
+    bool help; /* --help / -h was given */
 } ds4_opts_state_t;
 
 /* Parses argv[1..] (and --config FILE) into the table. DS4_ERR_CONFIG with every problem in
@@ -90,12 +90,12 @@ typedef struct ds4_daemon_hooks {
 } ds4_daemon_hooks_t;
 
 typedef struct ds4_daemon_params {
-    const char *name;               /* "ds4-decode" (logs, metrics label) */
-    const char *grpc_listen;        /* "127.0.0.1:0" */
-    const char *http_listen;        /* "127.0.0.1:0" (host:port) */
-    const char *ports_file;         /* if set: written after start with
-                                       {"grpc_port":N,"http_port":N,"pid":N,"incarnation":"hex"} */
-    uint32_t drain_timeout_ms;      /* default 30000 */
+    const char *name;          /* "ds4-decode" (logs, metrics label) */
+    const char *grpc_listen;   /* "127.0.0.1:0" */
+    const char *http_listen;   /* "127.0.0.1:0" (host:port) */
+    const char *ports_file;    /* if set: written after start with
+                                  {"grpc_port":N,"http_port":N,"pid":N,"incarnation":"hex"} */
+    uint32_t drain_timeout_ms; /* default 30000 */
     ds4_daemon_hooks_t hooks;
 } ds4_daemon_params_t;
 
@@ -137,10 +137,10 @@ bool ds4_split_host_port(const char *addr, char *host, size_t cap, int *port);
 typedef struct ds4_router_link *ds4_router_link_h;
 
 typedef struct ds4_router_link_params {
-    const char *router_addr;        /* "127.0.0.1:7000" */
-    int role;                       /* Ds4__Worker__V1__WorkerRole */
+    const char *router_addr; /* "127.0.0.1:7000" */
+    int role;                /* Ds4__Worker__V1__WorkerRole */
     const char *worker_id;
-    const char *rpc_address;        /* advertised "host:port" of the Worker service */
+    const char *rpc_address; /* advertised "host:port" of the Worker service */
     const char *http_address;
     const char *model;
     const void *manifest_digest;
@@ -149,7 +149,7 @@ typedef struct ds4_router_link_params {
     uint64_t kv_blocks_total;
     uint32_t max_context;
     uint32_t vocab_size;
-    uint32_t retry_ms;              /* default 200 */
+    uint32_t retry_ms; /* default 200 */
     /* Fills the Load message (a Ds4__Worker__V1__Load *) for each heartbeat. */
     void (*load_cb)(void *arg, void *load);
     void *arg;

@@ -32,13 +32,13 @@ typedef struct ds4_http_server *ds4_http_server_h;
 typedef struct ds4_http_exchange *ds4_http_exchange_h;
 
 typedef struct ds4_http_request {
-    const char *method;             /* "GET", "POST", ... */
-    const char *path;               /* raw path without the query ("/v1/models") */
-    const char *query;              /* raw query without '?' ("" when none) */
-    const char *body;               /* NUL-terminated copy of the body ("" when none) */
+    const char *method; /* "GET", "POST", ... */
+    const char *path;   /* raw path without the query ("/v1/models") */
+    const char *query;  /* raw query without '?' ("" when none) */
+    const char *body;   /* NUL-terminated copy of the body ("" when none) */
     size_t body_len;
     size_t n_headers;
-    const char *const *header_names;    /* lowercased */
+    const char *const *header_names; /* lowercased */
     const char *const *header_values;
 } ds4_http_request_t;
 
@@ -52,19 +52,18 @@ typedef void (*ds4_http_closed_cb)(ds4_http_exchange_h ex, void *arg);
 typedef void (*ds4_http_server_closed_cb)(void *arg);
 
 typedef struct ds4_http_server_params {
-    const char *host;               /* "127.0.0.1" */
-    int port;                       /* 0 = pick a free one */
-    size_t max_header_bytes;        /* request line + headers; default 16 KiB */
-    size_t max_body_bytes;          /* default 16 MiB */
-    uint32_t idle_timeout_ms;       /* a connection with no request in progress; default 60 s */
-    size_t max_connections;         /* more are accepted and closed at once; default 1024 */
+    const char *host;         /* "127.0.0.1" */
+    int port;                 /* 0 = pick a free one */
+    size_t max_header_bytes;  /* request line + headers; default 16 KiB */
+    size_t max_body_bytes;    /* default 16 MiB */
+    uint32_t idle_timeout_ms; /* a connection with no request in progress; default 60 s */
+    size_t max_connections;   /* more are accepted and closed at once; default 1024 */
 } ds4_http_server_params_t;
 
 ds4_http_server_params_t ds4_http_server_params_default(void);
 /* Binds and listens (DS4_ERR_IO naming the address when it cannot). */
 ds4_status_t ds4_http_server_create(uv_loop_t *loop, const ds4_http_server_params_t *params,
-                                    ds4_http_handler_cb handler, void *arg,
-                                    ds4_http_server_h *out);
+                                    ds4_http_handler_cb handler, void *arg, ds4_http_server_h *out);
 int ds4_http_server_port(ds4_http_server_h server);
 /* Stops listening and closes every connection (open exchanges see their close callback).
  * `closed` fires when all memory is released, which needs every open exchange to be ended. */

@@ -89,22 +89,21 @@ typedef struct ds4_rpc_server *ds4_rpc_server_h;
 typedef struct ds4_rpc_call *ds4_rpc_call_h;
 
 /* `request` is owned by the call and valid until ds4_rpc_call_finish. */
-typedef void (*ds4_rpc_handler_cb)(ds4_rpc_call_h call, const ProtobufCMessage *request,
-                                   void *arg);
+typedef void (*ds4_rpc_handler_cb)(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg);
 /* The call was cancelled before the handler finished it (see the header comment). */
 typedef void (*ds4_rpc_cancel_cb)(ds4_rpc_call_h call, void *arg);
 typedef void (*ds4_rpc_stopped_cb)(ds4_rpc_server_h server, void *arg);
 
 typedef struct ds4_rpc_method {
-    const char *name;                               /* "/pkg.Service/Method"; copied */
+    const char *name; /* "/pkg.Service/Method"; copied */
     const ProtobufCMessageDescriptor *request_type;
     ds4_rpc_handler_cb handler;
     void *arg;
 } ds4_rpc_method_t;
 
 typedef struct ds4_rpc_server_params {
-    const char *address;            /* "127.0.0.1:0" (port 0 = pick a free one) */
-    size_t max_message_bytes;       /* send and receive limit; default 64 MiB */
+    const char *address;      /* "127.0.0.1:0" (port 0 = pick a free one) */
+    size_t max_message_bytes; /* send and receive limit; default 64 MiB */
 } ds4_rpc_server_params_t;
 
 ds4_rpc_server_params_t ds4_rpc_server_params_default(void);
@@ -161,9 +160,9 @@ typedef void (*ds4_rpc_done_cb)(ds4_rpc_client_call_h call, ds4_rpc_code_t code,
                                 const char *message, void *arg);
 
 typedef struct ds4_rpc_channel_params {
-    const char *target;             /* "127.0.0.1:5000" */
-    size_t max_message_bytes;       /* default 64 MiB */
-    uint32_t reconnect_backoff_ms;  /* first/min reconnect backoff; default 100 */
+    const char *target;                /* "127.0.0.1:5000" */
+    size_t max_message_bytes;          /* default 64 MiB */
+    uint32_t reconnect_backoff_ms;     /* first/min reconnect backoff; default 100 */
     uint32_t max_reconnect_backoff_ms; /* default 1000 */
 } ds4_rpc_channel_params_t;
 
@@ -177,12 +176,12 @@ void ds4_rpc_channel_destroy(ds4_rpc_channel_h channel);
 const char *ds4_rpc_channel_target(ds4_rpc_channel_h channel);
 
 typedef struct ds4_rpc_call_params {
-    const char *method;                             /* "/pkg.Service/Method" */
-    const ProtobufCMessage *request;                /* serialised now; caller keeps ownership */
+    const char *method;              /* "/pkg.Service/Method" */
+    const ProtobufCMessage *request; /* serialised now; caller keeps ownership */
     const ProtobufCMessageDescriptor *response_type;
-    uint32_t timeout_ms;                            /* 0 = no deadline */
-    ds4_rpc_message_cb on_message;                  /* may be NULL (messages are then freed) */
-    ds4_rpc_done_cb on_done;                        /* required */
+    uint32_t timeout_ms;           /* 0 = no deadline */
+    ds4_rpc_message_cb on_message; /* may be NULL (messages are then freed) */
+    ds4_rpc_done_cb on_done;       /* required */
     void *arg;
 } ds4_rpc_call_params_t;
 

@@ -55,7 +55,7 @@ bool ds4_split_host_port(const char *addr, char *host, size_t cap, int *port)
         return false;
     const char *h = addr;
     size_t n = (size_t)(colon - addr);
-    if (h[0] == '[' && n >= 2 && h[n - 1] == ']') {  /* [::1]:80 */
+    if (h[0] == '[' && n >= 2 && h[n - 1] == ']') { /* [::1]:80 */
         h++;
         n -= 2;
     }
@@ -117,16 +117,16 @@ ds4_status_t ds4_daemon_create(const ds4_daemon_params_t *params, ds4_daemon_h *
     d->grpc_port = ds4_rpc_server_port(d->server);
 
     const char *role[] = {d->name};
-    d->m_up = ds4_metric_series(ds4_metrics_gauge(d->metrics, "ds4_up", "1 while the process runs.",
-                                                  "daemon"), role);
-    d->m_draining = ds4_metric_default(ds4_metrics_gauge(d->metrics, "ds4_draining",
-                                                         "1 while draining after SIGTERM.", NULL));
+    d->m_up = ds4_metric_series(
+        ds4_metrics_gauge(d->metrics, "ds4_up", "1 while the process runs.", "daemon"), role);
+    d->m_draining = ds4_metric_default(
+        ds4_metrics_gauge(d->metrics, "ds4_draining", "1 while draining after SIGTERM.", NULL));
     d->m_rss = ds4_metric_default(ds4_metrics_gauge(d->metrics, "ds4_process_resident_memory_bytes",
                                                     "Resident set size.", NULL));
     d->m_peak_rss = ds4_metric_default(ds4_metrics_gauge(
         d->metrics, "ds4_process_peak_resident_memory_bytes", "Peak resident set size.", NULL));
-    d->m_start = ds4_metric_default(ds4_metrics_gauge(
-        d->metrics, "ds4_process_incarnation_low32", "Low 32 bits of the incarnation.", NULL));
+    d->m_start = ds4_metric_default(ds4_metrics_gauge(d->metrics, "ds4_process_incarnation_low32",
+                                                      "Low 32 bits of the incarnation.", NULL));
     d->m_http = ds4_metric_default(ds4_metrics_counter(d->metrics, "ds4_http_requests_total",
                                                        "Admin/API HTTP requests.", NULL));
     ds4_series_set(d->m_up, 1);
@@ -153,14 +153,38 @@ fail_strings:
     return st;
 }
 
-uv_loop_t *ds4_daemon_loop(ds4_daemon_h d) { return &d->loop; }
-ds4_rpc_ctx_h ds4_daemon_rpc_ctx(ds4_daemon_h d) { return d->rpc; }
-ds4_rpc_server_h ds4_daemon_rpc_server(ds4_daemon_h d) { return d->server; }
-ds4_metrics_h ds4_daemon_metrics(ds4_daemon_h d) { return d->metrics; }
-uint64_t ds4_daemon_incarnation(ds4_daemon_h d) { return d->incarnation; }
-int ds4_daemon_grpc_port(ds4_daemon_h d) { return d->grpc_port; }
-int ds4_daemon_http_port(ds4_daemon_h d) { return d->http_port; }
-bool ds4_daemon_draining(ds4_daemon_h d) { return d->state >= ST_DRAINING; }
+uv_loop_t *ds4_daemon_loop(ds4_daemon_h d)
+{
+    return &d->loop;
+}
+ds4_rpc_ctx_h ds4_daemon_rpc_ctx(ds4_daemon_h d)
+{
+    return d->rpc;
+}
+ds4_rpc_server_h ds4_daemon_rpc_server(ds4_daemon_h d)
+{
+    return d->server;
+}
+ds4_metrics_h ds4_daemon_metrics(ds4_daemon_h d)
+{
+    return d->metrics;
+}
+uint64_t ds4_daemon_incarnation(ds4_daemon_h d)
+{
+    return d->incarnation;
+}
+int ds4_daemon_grpc_port(ds4_daemon_h d)
+{
+    return d->grpc_port;
+}
+int ds4_daemon_http_port(ds4_daemon_h d)
+{
+    return d->http_port;
+}
+bool ds4_daemon_draining(ds4_daemon_h d)
+{
+    return d->state >= ST_DRAINING;
+}
 
 static bool app_ready(ds4_daemon_h d, char *why, size_t n)
 {
@@ -238,8 +262,8 @@ static ds4_status_t write_ports_file(ds4_daemon_h d)
         ds4_log_error("%s: cannot write ports file %s", d->name, tmp);
         return DS4_ERR_IO;
     }
-    fprintf(f, "{\"grpc_port\":%d,\"http_port\":%d,\"pid\":%d,\"incarnation\":\"%016" PRIx64
-               "\"}\n",
+    fprintf(f,
+            "{\"grpc_port\":%d,\"http_port\":%d,\"pid\":%d,\"incarnation\":\"%016" PRIx64 "\"}\n",
             d->grpc_port, d->http_port, (int)getpid(), d->incarnation);
     if (fclose(f) != 0 || rename(tmp, d->ports_file) != 0) {
         ds4_log_error("%s: cannot write ports file %s", d->name, d->ports_file);
@@ -310,7 +334,7 @@ static void http_closed(void *arg)
 static void final_close(uv_timer_t *t)
 {
     ds4_daemon_h d = t->data;
-    if (ds4_rpc_ctx_live_objects(d->rpc) > 1) {  /* the server itself is still counted */
+    if (ds4_rpc_ctx_live_objects(d->rpc) > 1) { /* the server itself is still counted */
         uv_timer_start(&d->drain_timer, final_close, 5, 0);
         return;
     }
@@ -352,8 +376,8 @@ static void begin_stop(ds4_daemon_h d)
 static void drain_poll(uv_timer_t *t)
 {
     ds4_daemon_h d = t->data;
-    size_t n = d->params.hooks.in_flight != NULL ? d->params.hooks.in_flight(d->params.hooks.arg)
-                                                 : 0;
+    size_t n =
+        d->params.hooks.in_flight != NULL ? d->params.hooks.in_flight(d->params.hooks.arg) : 0;
     uint64_t waited = ds4_clock_now_ms() - d->drain_started_ms;
     if (n == 0 || waited >= d->params.drain_timeout_ms) {
         if (n != 0)

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ds4/daemon.h"
 #include "ds4/alloc.h"
+#include "ds4/daemon.h"
 #include "ds4/json.h"
 
 /* "grpc_listen" and "grpc-listen" name the same option. */
@@ -144,7 +144,8 @@ ds4_status_t ds4_opts_parse(const ds4_opt_t *opts, size_t n_opts, int argc, char
         }
         const char *key;
         json_t *v;
-        json_object_foreach(root, key, v) {
+        json_object_foreach(root, key, v)
+        {
             const ds4_opt_t *o = find_opt(opts, n_opts, key, strlen(key));
             if (o == NULL) {
                 ds4_diag_addf(diag, path, "unknown key \"%s\"", key);
@@ -216,11 +217,18 @@ void ds4_opts_usage(const char *prog, const ds4_opt_t *opts, size_t n_opts, void
             snprintf(def, sizeof(def), "%s", s != NULL ? s : "");
             break;
         }
-        case DS4_OPT_U32: snprintf(def, sizeof(def), "%" PRIu32, *(uint32_t *)o->ptr); break;
-        case DS4_OPT_U64: snprintf(def, sizeof(def), "%" PRIu64, *(uint64_t *)o->ptr); break;
-        case DS4_OPT_F64: snprintf(def, sizeof(def), "%g", *(double *)o->ptr); break;
-        case DS4_OPT_BOOL: snprintf(def, sizeof(def), "%s", *(bool *)o->ptr ? "true" : "false");
-                           break;
+        case DS4_OPT_U32:
+            snprintf(def, sizeof(def), "%" PRIu32, *(uint32_t *)o->ptr);
+            break;
+        case DS4_OPT_U64:
+            snprintf(def, sizeof(def), "%" PRIu64, *(uint64_t *)o->ptr);
+            break;
+        case DS4_OPT_F64:
+            snprintf(def, sizeof(def), "%g", *(double *)o->ptr);
+            break;
+        case DS4_OPT_BOOL:
+            snprintf(def, sizeof(def), "%s", *(bool *)o->ptr ? "true" : "false");
+            break;
         }
         fprintf(f, "  --%-24s %s (default: %s)\n", o->name, o->help, def);
     }

@@ -13,7 +13,7 @@ struct ds4_router_link {
     uint8_t *digest;
     ds4_rpc_channel_h ch;
     uv_timer_t timer;
-    ds4_rpc_client_call_h call;     /* the register or heartbeat in flight */
+    ds4_rpc_client_call_h call; /* the register or heartbeat in flight */
     bool registered, closing;
     uint32_t interval_ms, registrations;
     bool logged_failure;
@@ -38,7 +38,6 @@ static void link_free(uv_handle_t *h)
     ds4_free(l->digest);
     ds4_free(l);
 }
-
 
 static void schedule(ds4_router_link_h l, uint32_t ms)
 {
@@ -80,8 +79,7 @@ static void on_message(ds4_rpc_client_call_h call, ProtobufCMessage *msg, void *
     protobuf_c_message_free_unpacked(msg, NULL);
 }
 
-static void on_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *message,
-                    void *arg)
+static void on_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const char *message, void *arg)
 {
     ds4_router_link_h l = arg;
     l->call = NULL;

@@ -41,7 +41,7 @@ static void buf_free(buf_t *b)
 typedef struct conn conn_t;
 
 struct ds4_http_exchange {
-    conn_t *conn;                   /* NULL once the connection is gone */
+    conn_t *conn; /* NULL once the connection is gone */
     ds4_http_server_h server;
     ds4_http_request_t req;
     char *method, *path, *query, *body;
@@ -63,8 +63,8 @@ struct conn {
     size_t n_headers;
     size_t header_bytes;
     bool in_value, message_ready;
-    int error_status;               /* an HTTP status to answer before closing, 0 = none */
-    buf_t pending;                  /* received, not yet parsed */
+    int error_status; /* an HTTP status to answer before closing, 0 = none */
+    buf_t pending;    /* received, not yet parsed */
     size_t pending_off;
     struct ds4_http_exchange *ex;
     bool closing, in_feed, reading;
@@ -81,7 +81,7 @@ struct ds4_http_server {
     int port;
     conn_t *conns;
     size_t n_conns;
-    size_t n_exchanges;             /* exchanges not yet ended by their handler */
+    size_t n_exchanges; /* exchanges not yet ended by their handler */
     bool closing, listener_closed;
     ds4_http_server_closed_cb closed_cb;
     void *closed_arg;
@@ -103,27 +103,48 @@ static void listener_closed(uv_handle_t *h);
 const char *ds4_http_reason(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Payload Too Large";
-    case 422: return "Unprocessable Entity";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 499: return "Client Closed Request";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Payload Too Large";
+    case 422:
+        return "Unprocessable Entity";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 499:
+        return "Client Closed Request";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }
 
@@ -152,7 +173,7 @@ ds4_http_server_params_t ds4_http_server_params_default(void)
 
 static void write_done(uv_write_t *req, int status)
 {
-    write_req_t *w = (write_req_t *)(void *)req;  /* req is the first member */
+    write_req_t *w = (write_req_t *)(void *)req; /* req is the first member */
     conn_t *c = w->conn;
     c->write_bytes -= w->len;
     ds4_free(w);
@@ -277,8 +298,8 @@ static void idle_expired(uv_timer_t *t)
 static void error_response(conn_t *c, int status, const char *why)
 {
     char head[256], body[160];
-    int bl = snprintf(body, sizeof(body), "{\"error\":{\"message\":\"%s\",\"code\":%d}}\n", why,
-                      status);
+    int bl =
+        snprintf(body, sizeof(body), "{\"error\":{\"message\":\"%s\",\"code\":%d}}\n", why, status);
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                       "Connection: close\r\n\r\n",
@@ -465,8 +486,8 @@ static void conn_feed(conn_t *c)
         if (e != HPE_OK) {
             int status = c->error_status != 0 ? c->error_status : 400;
             ds4_log_debug("http: bad request status %d: %s", status, http_errno_description(e));
-            error_response(c, status, status == 400 ? http_errno_description(e)
-                                                    : ds4_http_reason(status));
+            error_response(c, status,
+                           status == 400 ? http_errno_description(e) : ds4_http_reason(status));
             break;
         }
         if (n < avail)
@@ -514,8 +535,8 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b)
     if (nread == 0)
         return;
     c->pending.len += (size_t)nread;
-    size_t limit = c->server->params.max_header_bytes + c->server->params.max_body_bytes +
-                   (64u << 10);
+    size_t limit =
+        c->server->params.max_header_bytes + c->server->params.max_body_bytes + (64u << 10);
     if (c->ex != NULL && c->pending.len - c->pending_off > limit) {
         /* Pipelined input piling up behind a long exchange: stop reading for now. */
         uv_read_stop(stream);
@@ -543,7 +564,8 @@ static void on_connection(uv_stream_t *listener, int status)
         s->conns->prev = c;
     s->conns = c;
     s->n_conns++;
-    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0 || s->n_conns > s->params.max_connections) {
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0 ||
+        s->n_conns > s->params.max_connections) {
         conn_close(c);
         return;
     }
@@ -556,8 +578,7 @@ static void on_connection(uv_stream_t *listener, int status)
 }
 
 ds4_status_t ds4_http_server_create(uv_loop_t *loop, const ds4_http_server_params_t *params,
-                                    ds4_http_handler_cb handler, void *arg,
-                                    ds4_http_server_h *out)
+                                    ds4_http_handler_cb handler, void *arg, ds4_http_server_h *out)
 {
     if (loop == NULL || params == NULL || handler == NULL || out == NULL)
         return DS4_ERR_INVALID_ARG;
@@ -699,10 +720,11 @@ void ds4_http_respond(ds4_http_exchange_h ex, int status, const char *content_ty
         int n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\n", status, ds4_http_reason(status));
         if (content_type != NULL)
             n += snprintf(head + n, sizeof(head) - (size_t)n, "Content-Type: %s\r\n", content_type);
-        n += snprintf(head + n, sizeof(head) - (size_t)n, "Content-Length: %zu\r\nConnection: %s\r\n\r\n",
-                      body_len, ex->keep_alive ? "keep-alive" : "close");
-        conn_write(ex->conn, head, (size_t)n, ex->head ? NULL : body, ex->head ? 0 : body_len,
-                   NULL, 0);
+        n += snprintf(head + n, sizeof(head) - (size_t)n,
+                      "Content-Length: %zu\r\nConnection: %s\r\n\r\n", body_len,
+                      ex->keep_alive ? "keep-alive" : "close");
+        conn_write(ex->conn, head, (size_t)n, ex->head ? NULL : body, ex->head ? 0 : body_len, NULL,
+                   0);
     }
     exchange_end(ex);
 }
@@ -731,11 +753,10 @@ ds4_status_t ds4_http_stream_write(ds4_http_exchange_h ex, const char *data, siz
     if (ex->conn == NULL)
         return DS4_ERR_PEER_GONE;
     if (len == 0)
-        return DS4_OK;  /* a zero-length chunk would end the stream */
+        return DS4_OK; /* a zero-length chunk would end the stream */
     char size[32];
     int n = snprintf(size, sizeof(size), "%zx\r\n", len);
-    return conn_write(ex->conn, size, (size_t)n, data, len, "\r\n", 2) ? DS4_OK
-                                                                        : DS4_ERR_PEER_GONE;
+    return conn_write(ex->conn, size, (size_t)n, data, len, "\r\n", 2) ? DS4_OK : DS4_ERR_PEER_GONE;
 }
 
 void ds4_http_stream_end(ds4_http_exchange_h ex)

@@ -13,10 +13,10 @@
 
 struct ds4_series {
     struct ds4_metric *family;
-    char *labels;           /* rendered label pairs without braces: a="x",b="y" ("" if none) */
-    double value;           /* counter/gauge value; histogram sum */
+    char *labels; /* rendered label pairs without braces: a="x",b="y" ("" if none) */
+    double value; /* counter/gauge value; histogram sum */
     unsigned long long count;
-    unsigned long long *buckets;  /* histogram: per-bucket (not cumulative) counts, n_bounds+1 */
+    unsigned long long *buckets; /* histogram: per-bucket (not cumulative) counts, n_bounds+1 */
     struct ds4_series *next;
 };
 
@@ -39,8 +39,8 @@ struct ds4_metrics {
 };
 
 const double ds4_metrics_latency_buckets[] = {
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1,    0.25,    0.5,    1,     2.5,    5,     10,   25,    50,   100,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25,   0.5,     1,      2.5,   5,      10,    25,   50,    100,
 };
 const size_t ds4_metrics_n_latency_buckets = DS4_ARRAY_LEN(ds4_metrics_latency_buckets);
 

@@ -12,7 +12,7 @@ struct ds4_rpc_channel {
     ds4_rpc_ctx_h ctx;
     grpc_channel *ch;
     char *target;
-    struct ds4_rpc_client_call *calls;  /* running calls (doubly linked) */
+    struct ds4_rpc_client_call *calls; /* running calls (doubly linked) */
     size_t n_calls;
     bool destroying;
 };
@@ -61,25 +61,29 @@ ds4_status_t ds4_rpc_channel_create(ds4_rpc_ctx_h ctx, const ds4_rpc_channel_par
         ds4_free(c);
         return DS4_ERR_NO_MEMORY;
     }
-    int max_msg = (int)DS4_MIN(params->max_message_bytes != 0 ? params->max_message_bytes
-                                                               : (size_t)64u << 20,
-                               (size_t)0x7fffffff);
+    int max_msg =
+        (int)DS4_MIN(params->max_message_bytes != 0 ? params->max_message_bytes : (size_t)64u << 20,
+                     (size_t)0x7fffffff);
     int backoff = (int)(params->reconnect_backoff_ms != 0 ? params->reconnect_backoff_ms : 100);
     int max_backoff = (int)DS4_MAX(params->max_reconnect_backoff_ms, (uint32_t)backoff);
     grpc_arg args[6] = {
-        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
          .value.integer = max_msg},
-        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
          .value.integer = max_msg},
-        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
          .value.integer = backoff},
-        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
          .value.integer = backoff},
-        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
          .value.integer = max_backoff},
         /* Separate channels to one target must not share a subchannel (and its backoff). */
-        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL,
-         .value.integer = 1},
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, .value.integer = 1},
     };
     grpc_channel_args chargs = {.num_args = DS4_ARRAY_LEN(args), .args = args};
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();

@@ -17,8 +17,8 @@ static void cq_thread_main(void *arg)
 {
     ds4_rpc_ctx_h ctx = arg;
     for (;;) {
-        grpc_event ev = grpc_completion_queue_next(ctx->cq, gpr_inf_future(GPR_CLOCK_REALTIME),
-                                                   NULL);
+        grpc_event ev =
+            grpc_completion_queue_next(ctx->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
         if (ev.type != GRPC_OP_COMPLETE)
@@ -164,9 +164,22 @@ gpr_timespec ds4__rpc_deadline(uint32_t timeout_ms)
 const char *ds4_rpc_code_name(ds4_rpc_code_t code)
 {
     static const char *const names[] = {
-        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
         "UNAUTHENTICATED",
     };
     if ((unsigned)code < DS4_ARRAY_LEN(names))
@@ -177,53 +190,81 @@ const char *ds4_rpc_code_name(ds4_rpc_code_t code)
 ds4_rpc_code_t ds4_rpc_code_from_status(ds4_status_t status)
 {
     switch (status) {
-    case DS4_OK: return DS4_RPC_OK;
+    case DS4_OK:
+        return DS4_RPC_OK;
     case DS4_ERR_INVALID_ARG:
     case DS4_ERR_PARSE:
     case DS4_ERR_INVALID_UTF8:
     case DS4_ERR_VOCAB:
     case DS4_ERR_TEMPLATE:
-    case DS4_ERR_BAD_REQUEST: return DS4_RPC_INVALID_ARGUMENT;
+    case DS4_ERR_BAD_REQUEST:
+        return DS4_RPC_INVALID_ARGUMENT;
     case DS4_ERR_CONTEXT_FULL:
-    case DS4_ERR_OUT_OF_RANGE: return DS4_RPC_OUT_OF_RANGE;
-    case DS4_ERR_NOT_FOUND: return DS4_RPC_NOT_FOUND;
-    case DS4_ERR_EXISTS: return DS4_RPC_ALREADY_EXISTS;
-    case DS4_ERR_UNSUPPORTED: return DS4_RPC_UNIMPLEMENTED;
-    case DS4_ERR_TIMEOUT: return DS4_RPC_DEADLINE_EXCEEDED;
-    case DS4_ERR_CANCELLED: return DS4_RPC_CANCELLED;
+    case DS4_ERR_OUT_OF_RANGE:
+        return DS4_RPC_OUT_OF_RANGE;
+    case DS4_ERR_NOT_FOUND:
+        return DS4_RPC_NOT_FOUND;
+    case DS4_ERR_EXISTS:
+        return DS4_RPC_ALREADY_EXISTS;
+    case DS4_ERR_UNSUPPORTED:
+        return DS4_RPC_UNIMPLEMENTED;
+    case DS4_ERR_TIMEOUT:
+        return DS4_RPC_DEADLINE_EXCEEDED;
+    case DS4_ERR_CANCELLED:
+        return DS4_RPC_CANCELLED;
     case DS4_ERR_BUSY:
     case DS4_ERR_NO_BLOCKS:
     case DS4_ERR_OVERLOADED:
-    case DS4_ERR_NO_MEMORY: return DS4_RPC_RESOURCE_EXHAUSTED;
+    case DS4_ERR_NO_MEMORY:
+        return DS4_RPC_RESOURCE_EXHAUSTED;
     case DS4_ERR_SHUTDOWN:
     case DS4_ERR_UNAVAILABLE:
-    case DS4_ERR_TRANSPORT: return DS4_RPC_UNAVAILABLE;
+    case DS4_ERR_TRANSPORT:
+        return DS4_RPC_UNAVAILABLE;
     case DS4_ERR_PEER_GONE:
-    case DS4_ERR_STALE: return DS4_RPC_ABORTED;
+    case DS4_ERR_STALE:
+        return DS4_RPC_ABORTED;
     case DS4_ERR_VERSION:
-    case DS4_ERR_KV_MANIFEST: return DS4_RPC_FAILED_PRECONDITION;
+    case DS4_ERR_KV_MANIFEST:
+        return DS4_RPC_FAILED_PRECONDITION;
     case DS4_ERR_KV_CORRUPT:
-    case DS4_ERR_KV_INCOMPLETE: return DS4_RPC_DATA_LOSS;
-    default: return DS4_RPC_INTERNAL;
+    case DS4_ERR_KV_INCOMPLETE:
+        return DS4_RPC_DATA_LOSS;
+    default:
+        return DS4_RPC_INTERNAL;
     }
 }
 
 ds4_status_t ds4_rpc_status_from_code(ds4_rpc_code_t code)
 {
     switch (code) {
-    case DS4_RPC_OK: return DS4_OK;
-    case DS4_RPC_CANCELLED: return DS4_ERR_CANCELLED;
-    case DS4_RPC_INVALID_ARGUMENT: return DS4_ERR_BAD_REQUEST;
-    case DS4_RPC_DEADLINE_EXCEEDED: return DS4_ERR_TIMEOUT;
-    case DS4_RPC_NOT_FOUND: return DS4_ERR_NOT_FOUND;
-    case DS4_RPC_ALREADY_EXISTS: return DS4_ERR_EXISTS;
-    case DS4_RPC_RESOURCE_EXHAUSTED: return DS4_ERR_OVERLOADED;
-    case DS4_RPC_FAILED_PRECONDITION: return DS4_ERR_VERSION;
-    case DS4_RPC_ABORTED: return DS4_ERR_PEER_GONE;
-    case DS4_RPC_OUT_OF_RANGE: return DS4_ERR_OUT_OF_RANGE;
-    case DS4_RPC_UNIMPLEMENTED: return DS4_ERR_UNSUPPORTED;
-    case DS4_RPC_UNAVAILABLE: return DS4_ERR_UNAVAILABLE;
-    case DS4_RPC_DATA_LOSS: return DS4_ERR_KV_CORRUPT;
-    default: return DS4_ERR_PROTOCOL;
+    case DS4_RPC_OK:
+        return DS4_OK;
+    case DS4_RPC_CANCELLED:
+        return DS4_ERR_CANCELLED;
+    case DS4_RPC_INVALID_ARGUMENT:
+        return DS4_ERR_BAD_REQUEST;
+    case DS4_RPC_DEADLINE_EXCEEDED:
+        return DS4_ERR_TIMEOUT;
+    case DS4_RPC_NOT_FOUND:
+        return DS4_ERR_NOT_FOUND;
+    case DS4_RPC_ALREADY_EXISTS:
+        return DS4_ERR_EXISTS;
+    case DS4_RPC_RESOURCE_EXHAUSTED:
+        return DS4_ERR_OVERLOADED;
+    case DS4_RPC_FAILED_PRECONDITION:
+        return DS4_ERR_VERSION;
+    case DS4_RPC_ABORTED:
+        return DS4_ERR_PEER_GONE;
+    case DS4_RPC_OUT_OF_RANGE:
+        return DS4_ERR_OUT_OF_RANGE;
+    case DS4_RPC_UNIMPLEMENTED:
+        return DS4_ERR_UNSUPPORTED;
+    case DS4_RPC_UNAVAILABLE:
+        return DS4_ERR_UNAVAILABLE;
+    case DS4_RPC_DATA_LOSS:
+        return DS4_ERR_KV_CORRUPT;
+    default:
+        return DS4_ERR_PROTOCOL;
     }
 }

@@ -9,7 +9,8 @@
 
 #include "ds4/rpc.h"
 
-#define DS4__CONTAINER_OF(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+#define DS4__CONTAINER_OF(ptr, type, member)                                                       \
+    ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 /* Every grpc tag of this module points at one of these; `done` runs on the loop thread. */
 typedef struct ds4__rpc_tag {
@@ -19,14 +20,14 @@ typedef struct ds4__rpc_tag {
 struct ds4_rpc_ctx {
     uv_loop_t *loop;
     grpc_completion_queue *cq;
-    uv_async_t async;               /* doorbell from the CQ thread */
+    uv_async_t async; /* doorbell from the CQ thread */
     uv_thread_t thread;
-    uv_mutex_t mu;                  /* guards the event vector */
-    struct ds4__rpc_event *events;  /* completions not yet handled by the loop */
+    uv_mutex_t mu;                 /* guards the event vector */
+    struct ds4__rpc_event *events; /* completions not yet handled by the loop */
     size_t n_events, cap_events;
-    struct ds4__rpc_event *spare;   /* the other half of the double buffer */
+    struct ds4__rpc_event *spare; /* the other half of the double buffer */
     size_t cap_spare;
-    size_t n_objects;               /* servers + channels alive (destroy asserts 0) */
+    size_t n_objects; /* servers + channels alive (destroy asserts 0) */
 };
 
 /* The byte buffer of a packed message, or NULL (out of memory). */

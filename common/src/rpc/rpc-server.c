@@ -50,14 +50,14 @@ struct ds4_rpc_call {
     ds4_rpc_server_h server;
     grpc_call *call;
     char *method_name;
-    const server_method_t *method;     /* NULL: unknown method */
+    const server_method_t *method; /* NULL: unknown method */
     gpr_timespec deadline;
     ProtobufCMessage *request;
     grpc_byte_buffer *recv_bb;
     ds4__rpc_tag_t recv_tag, close_tag, write_tag;
     bool recv_in_flight, close_done, write_in_flight;
-    int cancelled_flag;                /* written by RECV_CLOSE_ON_SERVER */
-    bool cancelled;                    /* the call ended without our status reaching the client */
+    int cancelled_flag; /* written by RECV_CLOSE_ON_SERVER */
+    bool cancelled;     /* the call ended without our status reaching the client */
     send_item_t *send_head, *send_tail;
     size_t n_pending;
     bool initial_md_sent, finish_requested, status_sent, handler_done;
@@ -66,7 +66,7 @@ struct ds4_rpc_call {
     ds4_rpc_cancel_cb cancel_cb;
     void *cancel_arg;
     bool cancel_fired;
-    uv_idle_t *deferred_cancel;        /* on_cancel registered after the cancel happened */
+    uv_idle_t *deferred_cancel; /* on_cancel registered after the cancel happened */
 };
 
 static void accept_next(ds4_rpc_server_h s);
@@ -360,8 +360,7 @@ static void recv_done(ds4__rpc_tag_t *tag, bool ok)
         return;
     }
     if (bb == NULL) {
-        ds4_rpc_call_finish(c, DS4_RPC_INVALID_ARGUMENT, "%s: no request message",
-                            c->method_name);
+        ds4_rpc_call_finish(c, DS4_RPC_INVALID_ARGUMENT, "%s: no request message", c->method_name);
         return;
     }
     c->request = ds4__rpc_unpack(bb, c->method->request_type);
@@ -447,9 +446,9 @@ static void accept_next(ds4_rpc_server_h s)
     grpc_call_details_init(&s->accept_details);
     grpc_metadata_array_init(&s->accept_md);
     s->accept_pending = true;
-    grpc_call_error err = grpc_server_request_call(s->srv, &s->accept_call, &s->accept_details,
-                                                   &s->accept_md, s->ctx->cq, s->ctx->cq,
-                                                   &s->accept_tag);
+    grpc_call_error err =
+        grpc_server_request_call(s->srv, &s->accept_call, &s->accept_details, &s->accept_md,
+                                 s->ctx->cq, s->ctx->cq, &s->accept_tag);
     DS4_ASSERT(err == GRPC_CALL_OK);
 }
 
@@ -563,8 +562,7 @@ static void maybe_stopped(ds4_rpc_server_h s)
 static void grace_expired(uv_timer_t *t)
 {
     ds4_rpc_server_h s = t->data;
-    ds4_log_info("rpc: shutdown grace over port %d, cancelling %zu calls", s->port,
-                 s->live_calls);
+    ds4_log_info("rpc: shutdown grace over port %d, cancelling %zu calls", s->port, s->live_calls);
     grpc_server_cancel_all_calls(s->srv);
 }
 
