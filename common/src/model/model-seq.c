@@ -253,6 +253,7 @@ ds4_status_t ds4_seq_import(ds4_model_h m, const void *buf, uint64_t len, ds4_se
     if (h.magic != DS4_SEQ_STATE_MAGIC || h.version != DS4_SEQ_STATE_VERSION ||
         h.n_layers != (uint32_t)m->n_total || h.row_bytes != m->row_bytes ||
         h.index_row_bytes != m->index_row_bytes || h.pos < 0 || h.mtp_pos < 0 ||
+        h.mtp_pos > h.pos ||
         h.pos > m->cfg.max_position_embeddings) {
         ds4_log_error("seq import: header does not match this model (magic %08x version %u "
                       "layers %u row %u index row %u)",
