@@ -22,7 +22,7 @@
 #    outside the clone is visible: no /usr/local/cuda (DS4_CUDA=AUTO builds without CUDA), no
 #    ../shared, no build directories, no host environment variables.
 # 4. Runs scripts/install-deps.sh (timed, then again to show it is a quick no-op), then
-#    ./scripts/demo.sh, then ./scripts/test.sh. Logs: $FRESH_ROOT.logs/.
+#    ./scripts/demo.sh, then ./scripts/test.sh. Logs: $FRESH_ROOT.logs/<UTC time>/.
 # Exit status: 0 when every step succeeds, else the first failing step's status.
 set -euo pipefail
 
@@ -30,7 +30,7 @@ ROOT=${FRESH_ROOT:-/tmp/fresh-root}
 ROOT=${ROOT%/}
 PRISTINE="$ROOT.pristine.tar"
 STAMP="$ROOT.pristine.stamp"
-LOGS="$ROOT.logs"
+LOGS="$ROOT.logs/$(date -u +%Y%m%dT%H%M%SZ)"
 SUITE=bookworm
 BASE_PKGS=ca-certificates,git,sudo
 CLOUD_USER=debian
@@ -179,6 +179,7 @@ log "cloned $(git -C "$ROOT$home/ds4" log -1 --format='%h %s'), running as $whom
 [ "$as_user" -eq 0 ] || chroot "$ROOT" chown -R "$CLOUD_USER:$CLOUD_USER" "$home/ds4"
 
 mkdir -p "$LOGS"
+git -c safe.directory='*' -C "$ROOT$home/ds4" log -1 --format='%H %s' > "$LOGS/commit"
 in_root() {
     chroot "$ROOT" "${run_as[@]}" /usr/bin/env -i HOME="$home" USER="${whom#user }" \
         LOGNAME="${whom#user }" SHELL=/bin/bash TERM=dumb LANG=C.UTF-8 \
@@ -207,7 +208,8 @@ step install-again "time ./scripts/install-deps.sh"
 [ "$run_demo" -eq 0 ] || step demo "./scripts/demo.sh"
 [ "$run_test" -eq 0 ] || step test "./scripts/test.sh"
 if [ -f "$LOGS/test.log" ] && [ "$run_test" -eq 1 ]; then
-    grep -E 'tests passed|\(Failed\)|\(Timeout\)|\(SEGFAULT\)|\(Subprocess aborted\)|Not Run' \
+    # ctest's verdicts, and the error lines of failing tests
+    grep -E 'tests passed|\(Failed\)|\(Timeout\)|\(SEGFAULT\)|\(Subprocess aborted\)|Not Run|FAIL |^error:|ERROR: ' \
         "$LOGS/test.log" >&2 || true
 fi
 log "done in $((SECONDS - t0)) s, exit $status"
