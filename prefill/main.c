@@ -2,10 +2,11 @@
  * ds4-prefill: a prefill worker. Serves ds4.worker.v1.Worker (Prefill, Release, Stats) and
  * /health /ready /metrics; registers and heartbeats with the router.
  *
- * Prefill(kv_target): runs the prompt through the engine chunk by chunk on the compute thread,
- * then pushes the sequence's KV (the engine's export rows, group by group in manifest order)
- * into the decode worker's blocks named by the target (ds4/xfer.h) and ends each group with its
- * completion record. The call returns when the decode side has verified every group; any
+ * Prefill(kv_target): runs the prompt through the engine chunk by chunk on the compute thread
+ * and pushes the sequence's KV (the engine's export rows, group by group in manifest order)
+ * into the decode worker's blocks named by the target (ds4/xfer.h): completed history rows
+ * after every chunk, while the next one computes; the fixed groups after the last; then each
+ * group's completion record. The call returns when the decode side has verified every group; any
  * failure (decode gone, CRC, deadline, cancel) ends it with the mapped gRPC status.
  */
 #include <inttypes.h>
@@ -81,13 +82,74 @@ static void job_maybe_end(pjob_t *j);
 
 /* ---- compute thread ---- */
 
+/* Copies rows [from, to) of group g from an export (src, the group at src_off) into the final
+ * layout (j->state, the group at dst_off) and pushes them. History rows are final once their group
+ * of tokens is complete, so pushed bytes never change afterwards. */
+static ds4_status_t push_rows(prefill_t *pf, pjob_t *j, uint32_t g, const unsigned char *src,
+                              uint64_t src_off, uint64_t dst_off, uint64_t from, uint64_t to)
+{
+    const ds4_kv_group_t *grp = ds4_kv_manifest_group(pf->manifest, g);
+    if (to <= from)
+        return DS4_OK;
+    uint64_t rb = grp->row_bytes;
+    unsigned char *dst = j->state + sizeof(ds4_seq_state_header_t) + dst_off + from * rb;
+    memcpy(dst, src + sizeof(ds4_seq_state_header_t) + src_off + from * rb, (to - from) * rb);
+    return ds4_xfer_send_rows(j->tx, g, from, to - from, dst);
+}
+
+/* Exports the sequence into *buf (growing it); its size must be `want`. */
+static ds4_status_t export_into(ds4_seq_h seq, unsigned char **buf, uint64_t *cap, uint64_t want)
+{
+    uint64_t need = ds4_seq_export_bytes(seq);
+    if (need != want)
+        return DS4_ERR_KV_MANIFEST;
+    if (need > *cap) {
+        unsigned char *grown = ds4_realloc_array(*buf, need, 1);
+        if (grown == NULL)
+            return DS4_ERR_NO_MEMORY;
+        *buf = grown;
+        *cap = need;
+    }
+    uint64_t written = 0;
+    ds4_status_t st = ds4_seq_export(seq, *buf, *cap, &written);
+    return st == DS4_OK && written != want ? DS4_ERR_KV_MANIFEST : st;
+}
+
+/*
+ * Prefill in chunks; after each chunk but the last, the history rows (CSA, indexer, HCA) that
+ * became complete are pushed while the next chunk computes. The fixed groups (window ring,
+ * compressor tails) change with every token and go after the last chunk, then every group's
+ * completion record.
+ */
 static ds4_status_t compute(prefill_t *pf, pjob_t *j)
 {
+    uint32_t ng = ds4_kv_manifest_n_groups(pf->manifest);
+    uint64_t *final_off = ds4_calloc(ng + 1, sizeof(*final_off));
+    uint64_t *sent = ds4_calloc(ng + 1, sizeof(*sent));
+    unsigned char *tmp = NULL;
+    uint64_t tmp_cap = 0;
     ds4_seq_h seq = NULL;
-    ds4_status_t st = ds4_seq_create(pf->model, &seq);
+    ds4_status_t st = DS4_ERR_NO_MEMORY;
+    if (final_off == NULL || sent == NULL) {
+        snprintf(j->compute_msg, sizeof(j->compute_msg), "out of memory");
+        goto out;
+    }
+    uint64_t total = 0;
+    for (uint32_t g = 0; g < ng; g++) {
+        final_off[g] = total;
+        total += ds4_kv_group_bytes(ds4_kv_manifest_group(pf->manifest, g), j->n);
+    }
+    j->state_len = sizeof(ds4_seq_state_header_t) + total;
+    j->state = ds4_malloc(j->state_len);
+    if (j->state == NULL) {
+        snprintf(j->compute_msg, sizeof(j->compute_msg), "out of memory for %" PRIu64 " bytes",
+                 j->state_len);
+        goto out;
+    }
+    st = ds4_seq_create(pf->model, &seq);
     if (st != DS4_OK) {
         snprintf(j->compute_msg, sizeof(j->compute_msg), "cannot create a sequence");
-        return st;
+        goto out;
     }
     for (size_t off = 0; off < j->n;) {
         if (__atomic_load_n(&j->cancel, __ATOMIC_ACQUIRE)) {
@@ -104,49 +166,53 @@ static ds4_status_t compute(prefill_t *pf, pjob_t *j)
             goto out;
         }
         off += n;
+        if (off == j->n)
+            break;
+        /* Push the history rows completed so far (overlaps the next chunk's compute). */
+        uint64_t want =
+            sizeof(ds4_seq_state_header_t) + ds4_kv_manifest_seq_bytes(pf->manifest, off);
+        st = export_into(seq, &tmp, &tmp_cap, want);
+        if (st != DS4_OK) {
+            snprintf(j->compute_msg, sizeof(j->compute_msg), "export at %zu tokens: %s", off,
+                     ds4_status_str(st));
+            goto out;
+        }
+        uint64_t o = 0;
+        for (uint32_t g = 0; g < ng && st == DS4_OK; g++) {
+            const ds4_kv_group_t *grp = ds4_kv_manifest_group(pf->manifest, g);
+            if (grp->tokens_per_row != 0) {
+                uint64_t rows = ds4_kv_group_rows(grp, off);
+                st = push_rows(pf, j, g, tmp, o, final_off[g], sent[g], rows);
+                sent[g] = DS4_MAX(sent[g], rows);
+            }
+            o += ds4_kv_group_bytes(grp, off);
+        }
+        if (st != DS4_OK) {
+            snprintf(j->compute_msg, sizeof(j->compute_msg), "push: %s", ds4_status_str(st));
+            goto out;
+        }
     }
-    j->state_len = ds4_seq_export_bytes(seq);
-    j->state = ds4_malloc(j->state_len);
-    if (j->state == NULL) {
-        st = DS4_ERR_NO_MEMORY;
-        snprintf(j->compute_msg, sizeof(j->compute_msg), "out of memory for %" PRIu64 " bytes",
-                 j->state_len);
-        goto out;
-    }
-    uint64_t written = 0;
-    st = ds4_seq_export(seq, j->state, j->state_len, &written);
+    st = export_into(seq, &tmp, &tmp_cap, j->state_len);
     if (st != DS4_OK) {
         snprintf(j->compute_msg, sizeof(j->compute_msg), "export: %s", ds4_status_str(st));
         goto out;
     }
     j->t_exported_ns = ds4_clock_now_ns();
-    /* The export rows after the header are the manifest's groups in order. */
-    uint64_t want = sizeof(ds4_seq_state_header_t) + ds4_kv_manifest_seq_bytes(pf->manifest, j->n);
-    if (written != want) {
-        st = DS4_ERR_KV_MANIFEST;
-        snprintf(j->compute_msg, sizeof(j->compute_msg),
-                 "engine export is %" PRIu64 " bytes, manifest says %" PRIu64, written, want);
-        goto out;
-    }
-    const unsigned char *p = j->state + sizeof(ds4_seq_state_header_t);
-    uint32_t ng = ds4_kv_manifest_n_groups(pf->manifest);
-    for (uint32_t g = 0; g < ng; g++) {
+    memcpy(j->state, tmp, sizeof(ds4_seq_state_header_t));
+    for (uint32_t g = 0; g < ng && st == DS4_OK; g++) {
         const ds4_kv_group_t *grp = ds4_kv_manifest_group(pf->manifest, g);
-        uint64_t rows = ds4_kv_group_rows(grp, j->n);
-        if (rows > 0) {
-            st = ds4_xfer_send_rows(j->tx, g, 0, rows, p);
-            if (st != DS4_OK)
-                break;
-            p += rows * grp->row_bytes;
-        }
-        st = ds4_xfer_send_group_end(j->tx, g);
-        if (st != DS4_OK)
-            break;
+        st = push_rows(pf, j, g, tmp, final_off[g], final_off[g], sent[g],
+                       ds4_kv_group_rows(grp, j->n));
+        if (st == DS4_OK)
+            st = ds4_xfer_send_group_end(j->tx, g);
     }
     if (st != DS4_OK)
         snprintf(j->compute_msg, sizeof(j->compute_msg), "push: %s", ds4_status_str(st));
 out:
     ds4_seq_destroy(seq);
+    ds4_free(tmp);
+    ds4_free(final_off);
+    ds4_free(sent);
     return st;
 }
 
