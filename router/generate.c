@@ -724,8 +724,8 @@ void router_worker_gone(router_t *rt, ds4_worker_t *w, const char *why)
         if (r->call == NULL)
             continue;
         char msg[300];
-        snprintf(msg, sizeof(msg), "%s worker %s is gone: %s", decode ? "decode" : "prefill",
-                 w->id, why);
+        snprintf(msg, sizeof(msg), "%s worker %s is gone: %s", decode ? "decode" : "prefill", w->id,
+                 why);
         /* before the first token the request can start over elsewhere (w is already out of
          * the registry, so it will not be picked again) */
         if (!maybe_retry(r, DS4_RPC_UNAVAILABLE, !decode, msg))

@@ -148,7 +148,7 @@ static void rpc_list_models(ds4_rpc_call_h call, const ProtobufCMessage *request
     Ds4__V1__ModelInfo *infos[1] = {&info};
     info.id = (char *)rt->opt.model;
     info.context_length = router_max_context(rt);
-    info.vocab_size = ds4_tokenizer_n_ids(rt->tok);
+    info.vocab_size = router_vocab(rt);
     resp.n_models = 1;
     resp.models = infos;
     ds4_rpc_call_reply(call, &resp.base);

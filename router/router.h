@@ -60,6 +60,9 @@ ds4_rpc_code_t router_prepare(router_t *rt, const Ds4__V1__GenerateRequest *req,
 /* Tokenize RPC body: same rules for text / chat. */
 ds4_rpc_code_t router_tokenize(router_t *rt, const Ds4__V1__TokenizeRequest *req, int32_t **ids,
                                size_t *n_ids, char *msg, size_t msg_len);
+/* Token ids must be below this: every live worker's model vocabulary (the tokenizer's range
+ * when no worker says). */
+uint32_t router_vocab(router_t *rt);
 /* The context length requests are checked against (0: unknown, no worker). */
 uint32_t router_max_context(router_t *rt);
 

@@ -22,7 +22,7 @@ uint32_t router_max_context(router_t *rt)
 
 /* Ids must be below every live worker's model vocabulary (the tokenizer's range when no
  * worker says). */
-static uint32_t vocab_limit(router_t *rt)
+uint32_t router_vocab(router_t *rt)
 {
     uint32_t n = 0;
     for (ds4_worker_t *w = rt->registry.head; w != NULL; w = w->next)
@@ -99,7 +99,7 @@ static void check_sampling(router_t *rt, const Ds4__V1__SamplingParams *s, ds4_d
     if (s->logprobs > rt->opt.max_logprobs)
         ds4_diag_addf(d, "sampling.logprobs", "must be <= %u, got %u", rt->opt.max_logprobs,
                       s->logprobs);
-    uint32_t n_vocab = vocab_limit(rt);
+    uint32_t n_vocab = router_vocab(rt);
     for (size_t i = 0; i < s->n_stop_token_ids; i++)
         if (s->stop_token_ids[i] >= n_vocab) {
             ds4_diag_addf(d, "sampling.stop_token_ids",
@@ -134,7 +134,7 @@ ds4_rpc_code_t router_prepare(router_t *rt, const Ds4__V1__GenerateRequest *req,
                       rt->opt.model);
     check_sampling(rt, req->sampling, &d);
 
-    uint32_t n_vocab = vocab_limit(rt);
+    uint32_t n_vocab = router_vocab(rt);
     switch (req->prompt_case) {
     case DS4__V1__GENERATE_REQUEST__PROMPT_PROMPT_IDS: {
         const Ds4__V1__TokenIds *p = req->prompt_ids;

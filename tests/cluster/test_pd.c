@@ -371,6 +371,17 @@ static void test_drain(void)
     while (g.n_out < 2 && !g.done && ds4_clock_now_ms() < end)
         pdh_client_run(5, gs, 1);
     kill(router.pid, SIGTERM);
+    /* draining: /ready answers 503 (Kubernetes stops routing), /health still 200 */
+    static char buf[4096];
+    bool not_ready = false;
+    uint64_t until = ds4_clock_now_ms() + 3000;
+    while (!not_ready && ds4_clock_now_ms() < until) {
+        not_ready = pdh_http_get(router.http_port, "/ready", buf, sizeof(buf)) == 503;
+        pdh_client_run(5, gs, 1);
+    }
+    DS4_CHECK(not_ready);
+    DS4_CHECK_STR_CONTAINS(buf, "not ready: draining");
+    DS4_CHECK_EQ_INT(pdh_http_get(router.http_port, "/health", buf, sizeof(buf)), 200);
     pdh_client_run(20000, gs, 1);
     DS4_CHECKF(g.code == DS4_RPC_OK, "draining router cut the stream: %s %s",
                ds4_rpc_code_name(g.code), g.message);
