@@ -979,6 +979,214 @@ static void test_fifty_concurrent(void)
     ds4_kv_manifest_destroy(m);
 }
 
+/* ------------------------- shutdown (SIGTERM drain -> ds4_xfer_destroy) with things open */
+
+/* Starts a transfer from this process and pushes only the first half of the groups (none of
+ * them ended), so the transfer stays open until something ends it. */
+static unsigned char **push_half(ds4_xfer_h *x, const ds4_kv_manifest_h *m, const void *blob,
+                                 size_t len, send_state_t *ss)
+{
+    ds4_xfer_target_t t;
+    char why[256];
+    if (ds4_xfer_target_decode(blob, len, m, &t, why, sizeof(why)) != DS4_OK)
+        return NULL;
+    ds4_xfer_send_h *tx = NULL;
+    if (ds4_xfer_send_start(x, blob, len, 30000, on_sent, ss, &tx) != DS4_OK)
+        return NULL;
+    uint32_t n = ds4_kv_manifest_n_groups(m);
+    unsigned char **rows = ds4_calloc(n, sizeof(*rows));
+    for (uint32_t g = 0; g < n; g++) {
+        const ds4_kv_group_t *grp = ds4_kv_manifest_group(m, g);
+        uint64_t r = ds4_kv_group_rows(grp, t.hdr.n_tokens);
+        rows[g] = ds4_malloc(DS4_MAX(r * grp->row_bytes, 1u));
+        if (g < n / 2 && r > 0) {
+            ds4_synth_rows(rows[g], t.hdr.request_id, g, 0, r, grp->row_bytes);
+            ds4_xfer_send_rows(tx, g, 0, r, rows[g]);
+        }
+    }
+    ds4_xfer_send_release(tx);
+    return rows;
+}
+
+static bool link_up(void *arg)
+{
+    void **a = arg;
+    ds4_xfer_link_stats_t ls;
+    return ds4_xfer_link_stats(a[0], a[1], &ls) == DS4_OK;
+}
+
+/* The decode child ends request `id` with an error, frees everything, keeps serving and quits
+ * cleanly (no UCX assertion, no sanitizer report). */
+static void check_decode_child_survives(child_t *d, uint64_t id)
+{
+    char want[64];
+    snprintf(want, sizeof(want), "done %" PRIu64 " DS4_ERR_", id);
+    DS4_CHECKF(wait_output(d, want, 8000), "decode child output: %s", d->buf);
+    child_send(d, "stats\n");
+    DS4_CHECKF(wait_output(d, "stats 0 0 0", 5000), "decode child output: %s", d->buf);
+    child_send(d, "quit\n");
+    child_t *kids[1] = {d};
+    DS4_CHECK(run_until(child_exited, d, kids, 1, 8000));
+    DS4_CHECKF(child_clean_exit(d), "decode child status %d output: %s", d->status, d->buf);
+    child_kill(d);
+}
+
+/* This process pushes into a decode child and is destroyed mid-transfer; with `stop_peer` the
+ * child is SIGSTOPped first (a peer too loaded to answer a graceful close). */
+static void shutdown_sender_mid_transfer(const char *tls, bool stop_peer, uint64_t id)
+{
+    ds4_kv_manifest_h *m = manifest_of("v4-flash");
+    if (m == NULL)
+        return;
+    child_t d;
+    char addr[64] = "";
+    DS4_CHECK(start_decode_child(&d, "127.0.0.1:0", addr, sizeof(addr)));
+    const char *t = tmp_path("sd");
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "reserve %" PRIu64 " 4096 30000 %s\n", id, t);
+    child_send(&d, cmd);
+    DS4_CHECK(wait_output(&d, "reserved", 5000));
+    const char *old = getenv("UCX_TLS");
+    char *saved = old != NULL ? ds4_strdup(old) : NULL;
+    if (tls != NULL)
+        setenv("UCX_TLS", tls, 1);
+    ds4_xfer_params_t xp = ds4_xfer_params_default();
+    xp.manifest = m;
+    ds4_xfer_h *x = NULL;
+    DS4_CHECK_STATUS(ds4_xfer_create(&loop, &xp, &x), DS4_OK);
+    if (saved != NULL) {
+        setenv("UCX_TLS", saved, 1);
+        ds4_free(saved);
+    } else {
+        unsetenv("UCX_TLS");
+    }
+    void *blob;
+    size_t len;
+    DS4_CHECK(read_file(t, &blob, &len));
+    send_state_t ss = {0};
+    unsigned char **rows = push_half(x, m, blob, len, &ss);
+    DS4_CHECK(rows != NULL);
+    child_t *kids[1] = {&d};
+    void *la[2] = {x, addr};
+    DS4_CHECK(run_until(link_up, la, kids, 1, 10000));
+    run_until(send_done, &ss, kids, 1, 30); /* a few puts and messages in flight */
+    DS4_CHECK(!ss.done);
+    if (stop_peer)
+        kill(d.pid, SIGSTOP);
+    uint64_t t0 = ds4_clock_now_ms();
+    ds4_xfer_destroy(x);
+    uint64_t t1 = ds4_clock_now_ms();
+    DS4_CHECK(ss.done);
+    DS4_CHECK_STATUS(ss.st, DS4_ERR_SHUTDOWN);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    DS4_CHECKF(t1 - t0 <= 3000, "destroy took %" PRIu64 " ms", t1 - t0);
+    fprintf(stderr, "  sender destroyed (%s%s) in %" PRIu64 " ms\n", tls != NULL ? tls : "default",
+            stop_peer ? ", peer stopped" : "", t1 - t0);
+    if (stop_peer)
+        kill(d.pid, SIGCONT);
+    free_rows(m, rows);
+    check_decode_child_survives(&d, id);
+    unlink(t);
+    ds4_kv_manifest_destroy(m);
+}
+
+static void test_shutdown_sender_mid_transfer(void)
+{
+    for (int round = 0; round < 2; round++) {
+        shutdown_sender_mid_transfer(NULL, false, 40 + (uint64_t)round);
+        shutdown_sender_mid_transfer("tcp", false, 42 + (uint64_t)round);
+    }
+}
+
+static void test_shutdown_sender_peer_stopped(void)
+{
+    shutdown_sender_mid_transfer(NULL, true, 50);
+    shutdown_sender_mid_transfer("tcp", true, 51);
+}
+
+/* This process is the decode side, destroyed while a prefill child pushes into it: the child
+ * reports an error for its transfer and exits cleanly. */
+static void test_shutdown_receiver_mid_transfer(void)
+{
+    ds4_kv_manifest_h *m = manifest_of("v4-flash");
+    if (m == NULL)
+        return;
+    for (int round = 0; round < 2; round++) {
+        ds4_xfer_h *x = decode_up(m, 16384, 1);
+        if (x == NULL)
+            break;
+        uint64_t id = 60 + (uint64_t)round;
+        const char *t = tmp_path("rd");
+        DS4_CHECK(write_target(x, id, 16384, 20000, t));
+        char *argv[] = {"ds4-xfer-peer", "prefill", "--config", (char *)config_path("v4-flash"),
+                        "--target", (char *)t, "--layer-delay-us", "5000", NULL};
+        child_t pre;
+        DS4_CHECK(child_spawn(&pre, argv, false, round == 1 ? "tcp" : NULL));
+        child_t *kids[1] = {&pre};
+        bound_arg_t ba = {x, id};
+        DS4_CHECK(run_until(resv_bound, &ba, kids, 1, 10000));
+        int want = 1;
+        run_until(recv_count_at_least, &want, kids, 1, 50 + 50 * (uint64_t)round);
+        DS4_CHECK_EQ_INT(rs.n_done, 0);
+        xfer_shutdown(x);
+        DS4_CHECK_EQ_INT(rs.n_done, 1);
+        DS4_CHECK_STATUS(rs.st[0], DS4_ERR_SHUTDOWN);
+        DS4_CHECK(run_until(child_exited, &pre, kids, 1, 10000));
+        DS4_CHECKF(child_clean_exit(&pre), "prefill child status %d output: %s", pre.status,
+                   pre.buf);
+        char sent[64];
+        snprintf(sent, sizeof(sent), "sent %" PRIu64 " DS4_ERR_", id);
+        DS4_CHECK_STR_CONTAINS(pre.buf, sent);
+        child_kill(&pre);
+        unlink(t);
+    }
+    ds4_kv_manifest_destroy(m);
+}
+
+/* Idle (handshaken, preflighted) connections: destroying either side is clean. */
+static void test_shutdown_idle_connections(void)
+{
+    ds4_kv_manifest_h *m = manifest_of("v4-flash");
+    if (m == NULL)
+        return;
+    child_t d;
+    char addr[64] = "";
+    DS4_CHECK(start_decode_child(&d, "127.0.0.1:0", addr, sizeof(addr)));
+    child_t *kids[1] = {&d};
+    ds4_xfer_params_t xp = ds4_xfer_params_default();
+    xp.manifest = m;
+    for (int round = 0; round < 3; round++) {
+        ds4_xfer_h *x = NULL;
+        DS4_CHECK_STATUS(ds4_xfer_create(&loop, &xp, &x), DS4_OK);
+        conn_state_t cs = {0};
+        DS4_CHECK_STATUS(ds4_xfer_connect(x, addr, on_connected, &cs), DS4_OK);
+        DS4_CHECK(run_until(conn_done, &cs, kids, 1, 10000));
+        DS4_CHECK_STATUS(cs.st, DS4_OK);
+        if (round == 2) {
+            /* the decode side goes first this time, then this idle sender */
+            child_send(&d, "quit\n");
+            DS4_CHECK(run_until(child_exited, &d, kids, 1, 8000));
+            DS4_CHECKF(child_clean_exit(&d), "decode child status %d output: %s", d.status,
+                       d.buf);
+        }
+        xfer_shutdown(x);
+    }
+    /* a connect still in its handshake when destroyed: the callback says so exactly once */
+    DS4_CHECK(start_decode_child(&d, "127.0.0.1:0", addr, sizeof(addr)));
+    ds4_xfer_h *x = NULL;
+    DS4_CHECK_STATUS(ds4_xfer_create(&loop, &xp, &x), DS4_OK);
+    conn_state_t cs = {0};
+    DS4_CHECK_STATUS(ds4_xfer_connect(x, addr, on_connected, &cs), DS4_OK);
+    xfer_shutdown(x);
+    DS4_CHECK(cs.done);
+    DS4_CHECK_STATUS(cs.st, DS4_ERR_SHUTDOWN);
+    child_send(&d, "quit\n");
+    DS4_CHECK(run_until(child_exited, &d, kids, 1, 8000));
+    DS4_CHECKF(child_clean_exit(&d), "decode child status %d output: %s", d.status, d.buf);
+    child_kill(&d);
+    ds4_kv_manifest_destroy(m);
+}
+
 int main(int argc, char **argv)
 {
     if (access(peer_path(), X_OK) != 0) {
@@ -1006,6 +1214,17 @@ int main(int argc, char **argv)
     RUN_IF(test_manifest_mismatch_refused);
     RUN_IF(test_tcp_preflight_and_policy);
     RUN_IF(test_fifty_concurrent);
+    /* ctest runs these as test_xfer_shutdown ("shutdown"); by name they run alone too */
+    bool shutdown = only != NULL && strcmp(only, "shutdown") == 0;
+#define RUN_SHUTDOWN(fn)                                                                \
+    do {                                                                                \
+        if (shutdown || (only != NULL && strcmp(only, #fn) == 0))                       \
+            DS4_RUN(fn);                                                                \
+    } while (0)
+    RUN_SHUTDOWN(test_shutdown_idle_connections);
+    RUN_SHUTDOWN(test_shutdown_sender_mid_transfer);
+    RUN_SHUTDOWN(test_shutdown_receiver_mid_transfer);
+    RUN_SHUTDOWN(test_shutdown_sender_peer_stopped);
     uv_loop_close(&loop);
     kill_children();
     return ds4_test_finish();

@@ -17,6 +17,7 @@
 #include <arpa/inet.h>
 #include <inttypes.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,10 @@
 
 #define TP_AM_ID 23u
 #define TP_SAFETY_TIMER_MS 10u
+/* ds4_xfer_destroy: how long graceful endpoint closes (a last ABORT reaching the peer) may take
+ * before whatever is still in flight is abandoned (released to UCX, callbacks fired with
+ * DS4_ERR_SHUTDOWN). A peer that is stopped or starved does not answer a close at all. */
+#define TP_DESTROY_GRACE_MS 500u
 
 typedef enum tp_event_type {
     TP_EV_CONN_REQUEST,
@@ -95,14 +100,22 @@ struct ds4_xfer_tp {
     char local_addr[64];
 };
 
-/* Completion context of one UCX request. */
+/*
+ * Completion context of one UCX operation (send, put, flush, endpoint close).
+ * Invariant: while `req` is non-NULL UCX owns a request for it that we have not freed; it is
+ * freed exactly once, either by tp_req_done (completion) or, at destroy, by tp_abandon
+ * (ucp_request_free before completion marks it released: UCX frees it when it completes, and
+ * ucp_worker_destroy asserts that every request still queued on an endpoint was released).
+ */
 typedef struct tp_req_ctx {
-    struct tp_req_ctx *prev, *next; /* tp->reqs: freed at destroy if UCX never completes it */
+    struct tp_req_ctx *prev, *next; /* tp->reqs: every operation not yet completed */
     ds4_xfer_tp_t *tp;
     ds4_xfer_tp_done_cb cb;
     void *arg;
-    void *owned;        /* freed at completion (copied message) */
+    void *owned;        /* freed at completion (copied message UCX may still read) */
     ds4_xfer_tp_conn_t *closing; /* ep close request: conn to release */
+    void *req;          /* the UCX request while in flight and not yet freed by us */
+    bool abandoned;     /* destroy gave up on it: completion only frees the context */
 } tp_req_ctx_t;
 
 static struct tp_req_ctx *tp_ctx_new(ds4_xfer_tp_t *tp);
@@ -190,6 +203,15 @@ static void tp_req_done(void *request, ucs_status_t status, void *user_data)
 {
     tp_req_ctx_t *ctx = user_data;
     ds4_xfer_tp_t *tp = ctx->tp;
+    if (ctx->abandoned) {
+        /* completed inside ucp_worker_destroy (or its last progress): the request was already
+         * freed (released) by tp_abandon and the core was told; nothing else may be touched */
+        tp_ctx_unlink(ctx);
+        ds4_free(ctx->owned);
+        ds4_free(ctx);
+        return;
+    }
+    ctx->req = NULL;
     DS4_ASSERT(tp->inflight > 0);
     tp->inflight--;
     if (ctx->cb != NULL) {
@@ -344,7 +366,9 @@ static void tp_issue_close(ds4_xfer_tp_t *tp, ds4_xfer_tp_conn_t *c, bool force)
     ucp_ep_h ep = c->ep;
     c->ep = NULL;
     ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &rp);
-    if (!UCS_PTR_IS_PTR(r))
+    if (UCS_PTR_IS_PTR(r))
+        ctx->req = r;
+    else
         tp_req_done(NULL, UCS_PTR_STATUS(r), ctx);
 }
 
@@ -605,26 +629,25 @@ fail_tp:
     return st;
 }
 
-static void tp_destroy(ds4_xfer_tp_t *tp)
+static uint64_t tp_now_ns(void)
 {
-    tp->destroying = true;
-    for (ds4_xfer_tp_conn_t *c = tp->conns; c != NULL; c = c->next)
-        c->closed = true;
-    /* Close every endpoint still open, flushing what was sent (a last ABORT must reach the
-     * peer) unless it already failed, then progress until the requests and their events are
-     * drained, at most a second. */
-    for (ds4_xfer_tp_conn_t *c = tp->conns; c != NULL; c = c->next) {
-        if (c->ep != NULL)
-            tp_issue_close(tp, c, false);
-    }
-    uint64_t end_ns = 0;
-    {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        end_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + 1000000000u;
-    }
-    while (tp->inflight > 0 || tp->ev_head != NULL) {
-        ucp_worker_progress(tp->worker);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Destroy: progresses the worker and dispatches events (core completion callbacks only: the
+ * conns are closed) until nothing is in flight or `end_ns`. Sleeps on the event fd between
+ * rounds: spinning would starve the very peer whose answer we wait for on a loaded host. */
+static void tp_drain(ds4_xfer_tp_t *tp, uint64_t end_ns)
+{
+    for (;;) {
+        while (ucp_worker_progress(tp->worker) != 0) {
+        }
+        for (ds4_xfer_tp_conn_t *c = tp->conns; c != NULL; c = c->next) {
+            if (c->close_pending)
+                tp_issue_close(tp, c, c->failed);
+        }
         while (tp->ev_head != NULL) {
             tp_event_t *e = tp->ev_head;
             tp->ev_head = e->next;
@@ -632,22 +655,70 @@ static void tp_destroy(ds4_xfer_tp_t *tp)
                 tp->ev_tail = NULL;
             tp_dispatch(tp, e);
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        if ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec > end_ns)
-            break;
+        if (tp->inflight == 0)
+            return;
+        uint64_t now = tp_now_ns();
+        if (now >= end_ns)
+            return;
+        if (ucp_worker_arm(tp->worker) == UCS_ERR_BUSY)
+            continue;
+        struct pollfd pfd = {.fd = tp->efd, .events = POLLIN};
+        uint64_t left_ms = (end_ns - now + 999999u) / 1000000u;
+        poll(&pfd, 1, (int)DS4_MIN(left_ms, (uint64_t)5));
     }
-    if (tp->inflight > 0)
-        ds4_log_warn("xfer ucx: %" PRIu64 " requests still in flight at shutdown", tp->inflight);
-    while (tp->conns != NULL) {
-        ds4_xfer_tp_conn_t *c = tp->conns;
-        tp->conns = c->next;
-        ds4_free(c);
+}
+
+/* Gives up on every operation still in flight: frees (releases) its UCX request so that UCX
+ * frees it whenever it completes - ucp_worker_destroy requires released requests - and tells
+ * the core now (DS4_ERR_SHUTDOWN), so no core callback runs after destroy. */
+static void tp_abandon(ds4_xfer_tp_t *tp)
+{
+    for (tp_req_ctx_t *ctx = tp->reqs; ctx != NULL; ctx = ctx->next) {
+        if (ctx->abandoned)
+            continue;
+        ctx->abandoned = true;
+        if (ctx->req != NULL) {
+            ucp_request_free(ctx->req);
+            ctx->req = NULL;
+        }
+        if (ctx->cb != NULL) {
+            ds4_xfer_tp_done_cb cb = ctx->cb;
+            ctx->cb = NULL;
+            cb(ctx->arg, DS4_ERR_SHUTDOWN);
+        }
+        if (ctx->closing != NULL) {
+            tp_conn_unref(ctx->closing); /* the ep's reference */
+            ctx->closing = NULL;
+        }
     }
+    tp->inflight = 0;
+}
+
+static void tp_destroy(ds4_xfer_tp_t *tp)
+{
+    tp->destroying = true;
+    for (ds4_xfer_tp_conn_t *c = tp->conns; c != NULL; c = c->next)
+        c->closed = true;
+    /* Close every endpoint still open, flushing what was sent (a last ABORT must reach the
+     * peer) unless it already failed, and wait a bounded time for the closes and whatever else
+     * is in flight; the core's completion callbacks fire meanwhile. */
+    for (ds4_xfer_tp_conn_t *c = tp->conns; c != NULL; c = c->next) {
+        if (c->ep != NULL)
+            tp_issue_close(tp, c, c->failed);
+    }
+    tp_drain(tp, tp_now_ns() + (uint64_t)TP_DESTROY_GRACE_MS * 1000000u);
+    if (tp->inflight > 0) {
+        ds4_log_warn("xfer ucx: %" PRIu64 " operations still in flight after %u ms at shutdown "
+                     "(peer not answering); abandoning them",
+                     tp->inflight, TP_DESTROY_GRACE_MS);
+        tp_abandon(tp);
+    }
+    /* Requests that complete from here on (inside ucp_worker_destroy) are abandoned ones:
+     * tp_req_done only frees their contexts. Events they could queue do not exist. */
     while (tp->rkeys != NULL) {
         ds4_xfer_tp_rkey_t *k = tp->rkeys;
         tp->rkeys = k->next;
-        ucp_rkey_destroy(k->rkey);
+        ucp_rkey_destroy(k->rkey); /* before the worker: small rkeys live in its mpool */
         ds4_free(k);
     }
     while (tp->mems != NULL) {
@@ -660,12 +731,26 @@ static void tp_destroy(ds4_xfer_tp_t *tp)
         ucp_listener_destroy(tp->listener);
     ucp_worker_destroy(tp->worker);
     ucp_cleanup(tp->ctx);
-    /* requests UCX never completed (a peer that did not answer a graceful close in time) */
+    /* events queued by the last progress (errors, received messages: dropped) */
+    while (tp->ev_head != NULL) {
+        tp_event_t *e = tp->ev_head;
+        tp->ev_head = e->next;
+        if (e->type == TP_EV_DONE)
+            e->cb(e->arg, e->status);
+        ds4_free(e);
+    }
+    tp->ev_tail = NULL;
+    /* abandoned requests UCX never completed (a close the peer never answered) */
     while (tp->reqs != NULL) {
         tp_req_ctx_t *ctx = tp->reqs;
         tp->reqs = ctx->next;
         ds4_free(ctx->owned);
         ds4_free(ctx);
+    }
+    while (tp->conns != NULL) {
+        ds4_xfer_tp_conn_t *c = tp->conns;
+        tp->conns = c->next;
+        ds4_free(c);
     }
     uv_close((uv_handle_t *)&tp->poll, tp_handle_closed);
     uv_close((uv_handle_t *)&tp->idle, tp_handle_closed);
@@ -887,6 +972,8 @@ static ds4_status_t tp_send(ds4_xfer_tp_t *tp, ds4_xfer_tp_conn_t *c, const void
     }
     if (r == NULL)
         tp_req_done(NULL, UCS_OK, ctx);
+    else
+        ctx->req = r;
     tp_kick(tp);
     return DS4_OK;
 }
@@ -945,6 +1032,7 @@ static ds4_status_t tp_post(ds4_xfer_tp_t *tp, ds4_xfer_tp_conn_t *c, bool is_fl
                                   : ucp_put_nbx(c->ep, src, len, raddr, k->rkey, &rp);
     if (UCS_PTR_IS_ERR(r)) {
         tp->inflight--;
+        tp_ctx_unlink(ctx); /* still on tp->reqs: freeing it linked corrupts the list */
         ds4_free(ctx);
         ds4_log_warn("xfer ucx: %s failed: %s", is_flush ? "flush" : "put",
                      ucs_status_string(UCS_PTR_STATUS(r)));
@@ -953,6 +1041,8 @@ static ds4_status_t tp_post(ds4_xfer_tp_t *tp, ds4_xfer_tp_conn_t *c, bool is_fl
     if (r == NULL)
         tp_req_done(NULL, UCS_OK, ctx); /* completed in place: the callback still comes as an
                                            event, never from inside this call */
+    else
+        ctx->req = r;
     tp_kick(tp);
     return DS4_OK;
 }
