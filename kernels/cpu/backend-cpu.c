@@ -62,7 +62,40 @@ typedef struct mm_job {
     int64_t rb;
     int64_t tile;
     int64_t n_tiles;
+    bool seq;            /* sequential fp32 dot products instead of sgemm (see cpu_matmul) */
 } mm_job_t;
+
+/* y[r][o] = x[r] . W[o] as plain sequential fp32 sums (element 0 first), 4 weight rows at a
+ * time for instruction-level parallelism; each output's order is fixed. */
+static void seq_dots(const float *x, int64_t m, int64_t k, const float *wt, int64_t nr,
+                     float *y, int64_t ldy)
+{
+    for (int64_t r = 0; r < m; r++) {
+        const float *xr = x + r * k;
+        int64_t o = 0;
+        for (; o + 4 <= nr; o += 4) {
+            const float *w0 = wt + o * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
+            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+            for (int64_t i = 0; i < k; i++) {
+                a0 += xr[i] * w0[i];
+                a1 += xr[i] * w1[i];
+                a2 += xr[i] * w2[i];
+                a3 += xr[i] * w3[i];
+            }
+            y[r * ldy + o] = a0;
+            y[r * ldy + o + 1] = a1;
+            y[r * ldy + o + 2] = a2;
+            y[r * ldy + o + 3] = a3;
+        }
+        for (; o < nr; o++) {
+            const float *w0 = wt + o * k;
+            float a0 = 0.0f;
+            for (int64_t i = 0; i < k; i++)
+                a0 += xr[i] * w0[i];
+            y[r * ldy + o] = a0;
+        }
+    }
+}
 
 static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
 {
@@ -85,6 +118,10 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
         } else {
             ds4_weight_dequant_rows(w, r0, nr, buf);
             wt = buf;
+        }
+        if (j->seq) {
+            seq_dots(j->x, j->m, k, wt, nr, j->y + r0, j->ldy);
+            continue;
         }
         /* Fixed 16-row blocks: every sgemm call of a weight tile has the same shape, so
          * OpenBLAS takes the same kernel and each row's sums do not depend on how many rows
@@ -167,6 +204,9 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
     /* OpenBLAS picks kernels by shape (results differ in the last bits), so rows are padded
      * to a multiple of the weight's row block and computed in blocks of exactly that many: every
      * row's result is independent of the batch (chunked prefill == whole prefill, bitwise). */
+    /* DS4_MATMUL_NO_ACT_QUANT (the reference's bf16 einsum with wo_a, fp32 accumulation) is
+     * computed as sequential fp32 dot products: measured on the golden checkpoint, that order
+     * reproduces the reference's bf16 outputs where sgemm's blocked order flips roundings. */
     int64_t rb = row_block(w);
     int64_t m_run = (m + rb - 1) / rb * rb;
     float *ypad = NULL;
@@ -191,7 +231,8 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
         }
         xin = xq;
     }
-    mm_job_t j = {.w = w, .m = m_run, .x = xin, .y = yout, .ldy = w->n, .rb = rb, .tile = 128};
+    mm_job_t j = {.w = w, .m = m_run, .x = xin, .y = yout, .ldy = w->n, .rb = rb, .tile = 128,
+                  .seq = (flags & DS4_MATMUL_NO_ACT_QUANT) != 0};
     if (w->type == DS4_W_F32 || w->type == DS4_W_BF16 || w->f32 != NULL) {
         /* Enough tiles for every thread, never below 64 rows. */
         int64_t per = (w->n + be->n_threads - 1) / be->n_threads;

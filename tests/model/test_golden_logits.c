@@ -122,12 +122,12 @@ static void test_prefill_scenario(void)
     int top1;
     compare("prefill", g_prefill, g_prefill_steps, &med, &corr, &top1);
     report("prefill", med, corr, top1, g_prefill_steps);
-    /* Regression floor with margin for other CPUs' fp32 summation orders (the model is chaotic:
-     * see docs/engine.md, "golden band"); a structural bug (rope, mHC transpose, compressor
-     * halves) lands far below it. */
-    DS4_CHECKF(corr >= 0.85, "min corr %.4f", corr);
-    DS4_CHECKF(med <= 1.0, "median %.4f", med);
-    DS4_CHECKF(top1 >= 12, "top1 %d", top1);
+    /* The issue's acceptance (teacher-forced prefill scenario). The engine reproduces the
+     * reference's fp32 reduction orders (docs/engine.md), so the numbers are deterministic C
+     * fp32 arithmetic (no FMA contraction) and the same on any x86-64/ARM CPU. */
+    DS4_CHECKF(corr >= 0.95, "min corr %.4f", corr);
+    DS4_CHECKF(med <= 0.4, "median %.4f", med);
+    DS4_CHECKF(top1 * 100 >= 88 * g_prefill_steps, "top1 %d", top1);
 }
 
 static void test_split_scenario(void)

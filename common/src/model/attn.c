@@ -1,6 +1,8 @@
 /* Attention of every layer kind (window, CSA, HCA): projections, compressors, lightning
  * indexer and the blockwise sparse attention of the reference kernel (blocks of 64 entries,
- * online softmax, bf16 probabilities before P.V, sink in the denominator). */
+ * online softmax, bf16 probabilities before P.V, sink in the denominator). Scores are
+ * sequential fp32 dot products and block sums use the reference's row-reduction order
+ * (ds4__sum_row_f32): measured against the golden, both are needed for bit-exact layers. */
 #include "model-internal.h"
 
 #include "ds4/alloc.h"
@@ -299,18 +301,20 @@ static void attn_rows(void *arg, size_t begin, size_t end, int thread_index)
                         continue;
                     }
                     const float *k = K + e * hd;
-                    double d = 0.0;
+                    float d = 0.0f;
                     for (int i = 0; i < hd; i++)
-                        d += (double)(q[i] * k[i]);
-                    sc[e - b0] = (float)d * scale;
+                        d += q[i] * k[i];
+                    sc[e - b0] = d * scale;
                     bm = sc[e - b0] > bm ? sc[e - b0] : bm;
                 }
                 float rescale = expf(mrun - bm);
-                float bsum = 0.0f;
-                for (int64_t e = b0; e < b1; e++) {
-                    sc[e - b0] = expf(sc[e - b0] - bm);
-                    bsum += sc[e - b0];
-                }
+                /* the block's probabilities sum over all 64 slots (invalid/padding = 0) in the
+                 * reference's row-reduction order */
+                float pad[ATTN_BLOCK];
+                for (int64_t e = b0; e < b0 + ATTN_BLOCK; e++)
+                    pad[e - b0] = e < b1 ? expf(sc[e - b0] - bm) : 0.0f;
+                memcpy(sc, pad, sizeof(float) * (size_t)(b1 - b0));
+                float bsum = ds4__sum_row_f32(pad, ATTN_BLOCK);
                 sum = sum * rescale + bsum;
                 for (int i = 0; i < hd; i++)
                     acc[i] = (double)(float)(acc[i] * rescale);

@@ -13,6 +13,86 @@ void ds4__round_bf16_arr(float *x, int64_t n)
         x[i] = ds4_round_bf16(x[i]);
 }
 
+/* The reference reduces contiguous fp32 rows (x.square().mean(-1), softmax sums) with torch's
+ * vectorised CPU sum: vectors of 8 lanes, 4 interleaved vector accumulators (vector v goes to
+ * accumulator v % 4), each accumulator summing sequentially with a cascade that folds every 16
+ * vectors into the next level; then accumulators 1..3 are added to accumulator 0, a scalar tail
+ * (n % 8 elements) is summed from 0 and the 8 lanes are added to it in order. Reproducing this
+ * order (instead of an exact or sequential sum) is what makes the bf16 roundings downstream
+ * agree with the golden outputs bit for bit. */
+#define SUM_LANES 8
+#define SUM_ILP 4
+#define SUM_LEVELS 4
+
+float ds4__sum_row_f32(const float *x, int64_t n)
+{
+    int64_t n_vec = n / SUM_LANES, n_ilp = n_vec / SUM_ILP;
+    float acc[SUM_LEVELS][SUM_ILP][SUM_LANES];
+    memset(acc, 0, sizeof(acc));
+    int ceil_log2 = 0;
+    while (((int64_t)1 << ceil_log2) < n_ilp)
+        ceil_log2++;
+    int level_power = ceil_log2 / SUM_LEVELS > 4 ? ceil_log2 / SUM_LEVELS : 4;
+    int64_t level_step = (int64_t)1 << level_power, level_mask = level_step - 1;
+    int64_t i = 0;
+    while (i + level_step <= n_ilp) {
+        for (int64_t s = 0; s < level_step; s++, i++)
+            for (int k = 0; k < SUM_ILP; k++)
+                for (int l = 0; l < SUM_LANES; l++)
+                    acc[0][k][l] += x[(i * SUM_ILP + k) * SUM_LANES + l];
+        for (int lv = 1; lv < SUM_LEVELS; lv++) {
+            for (int k = 0; k < SUM_ILP; k++)
+                for (int l = 0; l < SUM_LANES; l++) {
+                    acc[lv][k][l] += acc[lv - 1][k][l];
+                    acc[lv - 1][k][l] = 0.0f;
+                }
+            if ((i & (level_mask << (lv * level_power))) != 0)
+                break;
+        }
+    }
+    for (; i < n_ilp; i++)
+        for (int k = 0; k < SUM_ILP; k++)
+            for (int l = 0; l < SUM_LANES; l++)
+                acc[0][k][l] += x[(i * SUM_ILP + k) * SUM_LANES + l];
+    for (int lv = 1; lv < SUM_LEVELS; lv++)
+        for (int k = 0; k < SUM_ILP; k++)
+            for (int l = 0; l < SUM_LANES; l++)
+                acc[0][k][l] += acc[lv][k][l];
+    for (int64_t v = n_ilp * SUM_ILP; v < n_vec; v++)
+        for (int l = 0; l < SUM_LANES; l++)
+            acc[0][0][l] += x[v * SUM_LANES + l];
+    for (int k = 1; k < SUM_ILP; k++)
+        for (int l = 0; l < SUM_LANES; l++)
+            acc[0][0][l] += acc[0][k][l];
+    float total = 0.0f;
+    for (int64_t e = n_vec * SUM_LANES; e < n; e++)
+        total += x[e];
+    for (int l = 0; l < SUM_LANES; l++)
+        total += acc[0][0][l];
+    return total;
+}
+
+/* mean(x^2) of a row: squares rounded to fp32 (a separate op in the reference), then summed in
+ * the reference's order (ds4__sum_row_f32) and divided by n. */
+static float mean_square(const float *x, int64_t n)
+{
+    float buf[1024];
+    float total = 0.0f;
+    if (n <= 1024) {
+        for (int64_t i = 0; i < n; i++)
+            buf[i] = x[i] * x[i];
+        total = ds4__sum_row_f32(buf, n);
+    } else {
+        float *sq = ds4_malloc_array((size_t)n, sizeof(float));
+        DS4_ASSERT(sq != NULL);
+        for (int64_t i = 0; i < n; i++)
+            sq[i] = x[i] * x[i];
+        total = ds4__sum_row_f32(sq, n);
+        ds4_free(sq);
+    }
+    return total / (float)n;
+}
+
 void ds4__rmsnorm_rows(const float *x, const uint16_t *w, int64_t rows, int64_t n, double eps,
                        float *out)
 {
@@ -20,10 +100,7 @@ void ds4__rmsnorm_rows(const float *x, const uint16_t *w, int64_t rows, int64_t 
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * n;
         float *o = out + r * n;
-        double ss = 0.0;
-        for (int64_t i = 0; i < n; i++)
-            ss += (double)(xr[i] * xr[i]);
-        float rs = 1.0f / sqrtf((float)ss / (float)n + e);
+        float rs = 1.0f / sqrtf(mean_square(xr, n) + e);
         for (int64_t i = 0; i < n; i++)
             o[i] = ds4_round_bf16(ds4_bf16_to_f32(w[i]) * (xr[i] * rs));
     }
@@ -141,7 +218,9 @@ static void sinkhorn(const ds4_model_config_t *c, const float *mix, const float 
     memcpy(comb, C, sizeof(float) * (size_t)(hc * hc));
 }
 
-/* rsqrt(mean(x^2) + eps) over the hc*d values of each row, and raw mixes = fn . x. */
+/* rsqrt(mean(x^2) + eps) over the hc*d values of each row, and raw mixes = fn . x: each mix a
+ * plain sequential fp32 dot product (the reference's fp32 F.linear order, measured on the
+ * golden: exact agreement, where double or 4/8/16-lane sums flip bf16 roundings). */
 static void hc_mixes(ds4_model_h m, const float *X, int64_t rows, const float *fn, int n_mix,
                      float *mixes)
 {
@@ -151,18 +230,15 @@ static void hc_mixes(ds4_model_h m, const float *X, int64_t rows, const float *f
         const float *x = X + r * hd;
         for (int j = 0; j < n_mix; j++) {
             const float *w = fn + (int64_t)j * hd;
-            double acc = 0.0;
+            float acc = 0.0f;
             for (int64_t i = 0; i < hd; i++)
-                acc += (double)x[i] * (double)w[i];
-            mixes[r * n_mix + j] = (float)acc;
+                acc += x[i] * w[i];
+            mixes[r * n_mix + j] = acc;
         }
     }
     for (int64_t r = 0; r < rows; r++) {
         const float *x = X + r * hd;
-        double ss = 0.0;
-        for (int64_t i = 0; i < hd; i++)
-            ss += (double)(x[i] * x[i]);
-        float rs = 1.0f / sqrtf((float)ss / (float)hd + (float)c->rms_norm_eps);
+        float rs = 1.0f / sqrtf(mean_square(x, hd) + (float)c->rms_norm_eps);
         for (int j = 0; j < n_mix; j++)
             mixes[r * n_mix + j] *= rs;
     }
