@@ -75,7 +75,7 @@ static ds4_status_t compressor_run(ds4_model_h m, ds4_seq_h s, const ds4_layer_w
                 mx = sv[j] > mx ? sv[j] : mx;
             float sum = 0.0f;
             for (int j = 0; j < n_cand; j++) {
-                sv[j] = expf(sv[j] - mx);
+                sv[j] = ds4__exp_ref(sv[j] - mx);
                 sum += sv[j];
             }
             float acc = 0.0f;
@@ -307,12 +307,12 @@ static void attn_rows(void *arg, size_t begin, size_t end, int thread_index)
                     sc[e - b0] = d * scale;
                     bm = sc[e - b0] > bm ? sc[e - b0] : bm;
                 }
-                float rescale = expf(mrun - bm);
+                float rescale = ds4__exp_ref(mrun - bm);
                 /* the block's probabilities sum over all 64 slots (invalid/padding = 0) in the
                  * reference's row-reduction order */
                 float pad[ATTN_BLOCK];
                 for (int64_t e = b0; e < b0 + ATTN_BLOCK; e++)
-                    pad[e - b0] = e < b1 ? expf(sc[e - b0] - bm) : 0.0f;
+                    pad[e - b0] = e < b1 ? ds4__exp_ref(sc[e - b0] - bm) : 0.0f;
                 memcpy(sc, pad, sizeof(float) * (size_t)(b1 - b0));
                 float bsum = ds4__sum_row_f32(pad, ATTN_BLOCK);
                 sum = sum * rescale + bsum;
@@ -328,7 +328,7 @@ static void attn_rows(void *arg, size_t begin, size_t end, int thread_index)
                 }
                 mrun = bm;
             }
-            sum += expf(L->attn_sink[h] - mrun);
+            sum += ds4__exp_ref(L->attn_sink[h] - mrun);
             float *o = j->o + ((int64_t)t * H + h) * hd;
             for (int i = 0; i < hd; i++)
                 o[i] = ds4_round_bf16((float)acc[i] / sum);

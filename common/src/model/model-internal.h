@@ -87,6 +87,9 @@ void ds4__round_bf16_arr(float *x, int64_t n);
 /* fp32 sum of x[0..n) in the order of the reference's (torch CPU, 8-lane vectors) row
  * reduction: see ops.c. Used wherever the reference reduces a contiguous fp32 row. */
 float ds4__sum_row_f32(const float *x, int64_t n);
+/* exp(x) in fp32 as the reference's vectorised CPU exp computes it (see ops.c); used for every
+ * exp of the forward pass (softmaxes, sigmoid, SiLU, attention). */
+float ds4__exp_ref(float x);
 /* out = bf16(w * (x * rsqrt(mean(x^2) + eps))) over rows of n (fp32 math). */
 void ds4__rmsnorm_rows(const float *x, const uint16_t *w, int64_t rows, int64_t n, double eps,
                        float *out);

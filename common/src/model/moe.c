@@ -32,7 +32,7 @@ static ds4_status_t expert(ds4_model_h m, const ds4_weight_t *w1, const ds4_weig
                 uv = uv < -lim ? -lim : (uv > lim ? lim : uv);
                 gv = gv > lim ? lim : gv;
             }
-            float h = (gv / (1.0f + expf(-gv))) * uv;
+            float h = (gv / (1.0f + ds4__exp_ref(-gv))) * uv;
             if (wts != NULL)
                 h = wts[r] * h;
             g[r * I + i] = ds4_round_bf16(h);
@@ -69,7 +69,7 @@ ds4_status_t ds4__moe(ds4_model_h m, const ds4_layer_w_t *L, const float *x, int
         float sc[1024], biased[1024];
         for (int e = 0; e < E; e++) {
             float l = logits[t * E + e];
-            float sp = l > 20.0f ? l : log1pf(expf(l));
+            float sp = l > 20.0f ? l : log1pf(ds4__exp_ref(l));
             sc[e] = sqrtf(sp);
             biased[e] = L->gate_bias != NULL ? sc[e] + L->gate_bias[e] : sc[e];
         }

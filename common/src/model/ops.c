@@ -72,6 +72,36 @@ float ds4__sum_row_f32(const float *x, int64_t n)
     return total;
 }
 
+/* The reference's torch evaluates exp on fp32 vectors with SLEEF's 1-ulp algorithm, which
+ * differs from libm's correctly rounded expf in the last bit for some inputs; those bits decide
+ * bf16 roundings (Sinkhorn, attention). Same algorithm: x = q*ln2 + s with q = rint(x/ln2)
+ * (ln2 split in a high and a low part), a degree-6 polynomial in s evaluated with fused
+ * multiply-adds, then scaled by 2^q; below -104 the result is 0. */
+float ds4__exp_ref(float x)
+{
+    if (isnan(x))
+        return x;
+    if (x > 1e38f)
+        return INFINITY;
+    if (x < -104.0f)
+        return 0.0f;
+    const float inv_ln2 = 1.442695040888963407359924681001892137426645954152985934135449406931f;
+    const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187045e-06f;
+    float qf = rintf(x * inv_ln2);
+    int q = (int)qf;
+    float s = fmaf(qf, -ln2_hi, x);
+    s = fmaf(qf, -ln2_lo, s);
+    float u = 0.000198527617612853646278381f;
+    u = fmaf(u, s, 0.00139304355252534151077271f);
+    u = fmaf(u, s, 0.00833336077630519866943359f);
+    u = fmaf(u, s, 0.0416664853692054748535156f);
+    u = fmaf(u, s, 0.166666671633720397949219f);
+    u = fmaf(u, s, 0.5f);
+    u = 1.0f + fmaf(s * s, u, s);
+    int q1 = q >> 1;
+    return ldexpf(ldexpf(u, q1), q - q1);
+}
+
 /* mean(x^2) of a row: squares rounded to fp32 (a separate op in the reference), then summed in
  * the reference's order (ds4__sum_row_f32) and divided by n. */
 static float mean_square(const float *x, int64_t n)
@@ -178,9 +208,9 @@ static void sinkhorn(const ds4_model_config_t *c, const float *mix, const float 
     float eps = (float)c->hc_eps;
     for (int j = 0; j < hc; j++) {
         float v = mix[j] * scale[0] + base[j];
-        pre[j] = 1.0f / (1.0f + expf(-v)) + eps;
+        pre[j] = 1.0f / (1.0f + ds4__exp_ref(-v)) + eps;
         float u = mix[hc + j] * scale[1] + base[hc + j];
-        post[j] = 2.0f * (1.0f / (1.0f + expf(-u)));
+        post[j] = 2.0f * (1.0f / (1.0f + ds4__exp_ref(-u)));
     }
     float C[16 * 16];
     for (int j = 0; j < hc; j++) {
@@ -191,7 +221,7 @@ static void sinkhorn(const ds4_model_config_t *c, const float *mix, const float 
         }
         float sum = 0.0f;
         for (int k = 0; k < hc; k++) {
-            C[j * hc + k] = expf(C[j * hc + k] - mx);
+            C[j * hc + k] = ds4__exp_ref(C[j * hc + k] - mx);
             sum += C[j * hc + k];
         }
         for (int k = 0; k < hc; k++)
@@ -305,7 +335,7 @@ void ds4__hc_head(ds4_model_h m, const float *X, int64_t rows, const float *fn,
         float pre[16];
         for (int j = 0; j < hc; j++) {
             float v = mixes[r * hc + j] * scale[0] + base[j];
-            pre[j] = 1.0f / (1.0f + expf(-v)) + (float)c->hc_eps;
+            pre[j] = 1.0f / (1.0f + ds4__exp_ref(-v)) + (float)c->hc_eps;
         }
         const float *x = X + r * hc * d;
         for (int64_t i = 0; i < d; i++) {
