@@ -20,6 +20,7 @@
  *       its group ends after the last chunk). Prints "sent <id> <ST> <message>" per target.
  *
  *   ds4-xfer-peer connect --config C --addr HOST:PORT [--refuse-tcp-only]
+ *                 [--preflight-bytes B]
  *       Handshake + preflight only: prints "connect <ST> <message>" and the link statistics.
  *
  * Exit status: 0 when the command ran (results are in the output), 2 on usage errors.
@@ -53,6 +54,7 @@ typedef struct opts {
     uint32_t layer_delay_us;
     uint32_t deadline_ms;
     uint32_t abort_after_layers; /* 0: never */
+    uint32_t preflight_bytes;    /* 0: the library default */
     bool refuse_tcp_only;
     bool no_check;
     bool corrupt;
@@ -132,6 +134,8 @@ static bool parse_args(int argc, char **argv, opts_t *o)
             o->layer_delay_us = (uint32_t)strtoul(v, NULL, 10);
         else if (strcmp(a, "--abort-after-layers") == 0)
             o->abort_after_layers = (uint32_t)strtoul(v, NULL, 10);
+        else if (strcmp(a, "--preflight-bytes") == 0)
+            o->preflight_bytes = (uint32_t)strtoul(v, NULL, 10);
         else if (strcmp(a, "--deadline-ms") == 0)
             o->deadline_ms = (uint32_t)strtoul(v, NULL, 10);
         else if (strcmp(a, "--corrupt") == 0) {
@@ -467,6 +471,9 @@ static int run_connect(const opts_t *o)
     ds4_xfer_params_t xp = ds4_xfer_params_default();
     xp.manifest = manifest;
     xp.refuse_tcp_only = o->refuse_tcp_only;
+    if (o->preflight_bytes != 0)
+        xp.preflight_bytes = o->preflight_bytes;
+    xp.connect_timeout_ms = 20000;
     ds4_status_t st = ds4_xfer_create(&loop, &xp, &xfer);
     if (st == DS4_OK)
         st = ds4_xfer_connect(xfer, o->addr, on_connected, NULL);

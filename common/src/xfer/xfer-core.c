@@ -99,7 +99,6 @@ static void conn_free(ds4_xfer_h *x, xfer_conn_t *c)
             x->ops->rkey_destroy(x->tp, k->rkey);
         ds4_free(k);
     }
-    ds4_free(c->scratch_src);
     while (c->waiters != NULL) { /* only at destroy: connect callbacks not yet fired */
         xfer_waiter_t *w = c->waiters;
         c->waiters = w->next;

@@ -46,7 +46,9 @@ typedef struct xfer_conn {
     ds4_xfer_tp_rkey_t *scratch_rkey;
     uint64_t scratch_addr;
     uint32_t scratch_bytes;
-    void *scratch_src;
+    uint32_t bw_chunk;           /* bytes per preflight put */
+    uint32_t bw_inflight;        /* preflight puts posted, not yet completed */
+    uint64_t bw_posted;          /* preflight bytes posted so far */
     uint32_t pings_done;
     uint64_t rtt_ns_sum;
     uint64_t bw_t0_ns;

@@ -9,6 +9,7 @@
 
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,6 +18,7 @@ typedef enum flush_kind {
     FLUSH_GROUP_END, /* then send the group's RECORD */
     FLUSH_FINISH,    /* the transfer ended: then ABORT / ABORT_ACK / nothing, then the callback */
     FLUSH_PREFLIGHT, /* bandwidth probe finished */
+    PUT_PREFLIGHT,   /* one bandwidth-probe put completed: post the next one */
     FLUSH_PROGRESS,  /* puts up to row_end landed: then send PROGRESS */
 } flush_kind_t;
 
@@ -182,17 +184,23 @@ static void send_record(ds4_xfer_send_h *tx, uint32_t g)
 }
 
 static void preflight_done(ds4_xfer_h *x, xfer_conn_t *c, ds4_status_t st);
+static void preflight_put_done(ds4_xfer_h *x, xfer_conn_t *c, ds4_status_t st);
 
 static void flush_done(void *arg, ds4_status_t st)
 {
     flush_ctx_t *ctx = arg;
     ds4_xfer_h *x = ctx->x;
     ds4_xfer_send_h *tx = ctx->tx;
-    if (ctx->kind == FLUSH_PREFLIGHT) {
+    if (ctx->kind == FLUSH_PREFLIGHT || ctx->kind == PUT_PREFLIGHT) {
         xfer_conn_t *c = conn_by_serial(x, ctx->conn_serial);
+        flush_kind_t kind = ctx->kind;
         ds4_free(ctx);
-        if (c != NULL && !x->destroying)
+        if (c == NULL || x->destroying || c->state != CONN_PREFLIGHT)
+            return;
+        if (kind == FLUSH_PREFLIGHT)
             preflight_done(x, c, st);
+        else
+            preflight_put_done(x, c, st);
         return;
     }
     DS4_ASSERT(tx->ops_inflight > 0);
@@ -357,31 +365,20 @@ static void send_ping(ds4_xfer_h *x, xfer_conn_t *c)
         conn_refuse(x, c, DS4_ERR_PEER_GONE, "preflight ping failed");
 }
 
-static void preflight_bandwidth(ds4_xfer_h *x, xfer_conn_t *c)
+/*
+ * Bandwidth probe: preflight_bytes of puts into the decode's scratch area, then a flush. The
+ * puts are posted asynchronously, PREFLIGHT_WINDOW at a time, the next one from the previous
+ * one's completion: posting them all at once ran every copy (shared memory) or socket write
+ * (TCP) inside one loop callback, and the loop stalled for the whole probe. The source is a
+ * static zero buffer (contents do not matter) that outlives any conn whose puts are still in
+ * flight.
+ */
+#define PREFLIGHT_CHUNK (1u << 20)
+#define PREFLIGHT_WINDOW 2u
+static unsigned char preflight_zero[PREFLIGHT_CHUNK]; /* writable: RDMA registers it */
+
+static void preflight_flush(ds4_xfer_h *x, xfer_conn_t *c)
 {
-    uint64_t total = x->p.preflight_bytes;
-    uint32_t chunk = (uint32_t)DS4_MIN((uint64_t)c->scratch_bytes, (uint64_t)(1u << 20));
-    if (total == 0 || chunk == 0) {
-        preflight_done(x, c, DS4_OK);
-        return;
-    }
-    c->scratch_src = ds4_calloc(chunk, 1);
-    if (c->scratch_src == NULL) {
-        conn_refuse(x, c, DS4_ERR_NO_MEMORY, "preflight buffer");
-        return;
-    }
-    c->bw_t0_ns = ds4_clock_now_ns();
-    c->bw_bytes = 0;
-    for (uint64_t off = 0; off < total; off += chunk) {
-        uint32_t n = (uint32_t)DS4_MIN((uint64_t)chunk, total - off);
-        ds4_status_t st = x->ops->put(x->tp, c->tc, c->scratch_src, n, c->scratch_addr,
-                                      c->scratch_rkey, NULL, NULL);
-        if (st != DS4_OK) {
-            conn_refuse(x, c, st, "preflight put failed");
-            return;
-        }
-        c->bw_bytes += n;
-    }
     flush_ctx_t *ctx = ds4_calloc(1, sizeof(*ctx));
     if (ctx == NULL) {
         conn_refuse(x, c, DS4_ERR_NO_MEMORY, "preflight flush");
@@ -393,6 +390,62 @@ static void preflight_bandwidth(ds4_xfer_h *x, xfer_conn_t *c)
         ds4_free(ctx);
         conn_refuse(x, c, st, "preflight flush failed");
     }
+}
+
+/* Posts probe puts until the window is full or every byte is posted; false: refused. */
+static bool preflight_post(ds4_xfer_h *x, xfer_conn_t *c)
+{
+    uint64_t total = x->p.preflight_bytes;
+    while (c->bw_inflight < PREFLIGHT_WINDOW && c->bw_posted < total) {
+        uint32_t n = (uint32_t)DS4_MIN((uint64_t)c->bw_chunk, total - c->bw_posted);
+        flush_ctx_t *ctx = ds4_calloc(1, sizeof(*ctx));
+        if (ctx == NULL) {
+            conn_refuse(x, c, DS4_ERR_NO_MEMORY, "preflight put");
+            return false;
+        }
+        *ctx = (flush_ctx_t){.x = x, .kind = PUT_PREFLIGHT, .conn_serial = c->serial};
+        ds4_status_t st = x->ops->put(x->tp, c->tc, preflight_zero, n, c->scratch_addr,
+                                      c->scratch_rkey, flush_done, ctx);
+        if (st != DS4_OK) {
+            ds4_free(ctx);
+            conn_refuse(x, c, st, "preflight put failed");
+            return false;
+        }
+        c->bw_inflight++;
+        c->bw_posted += n;
+        c->bw_bytes += n;
+    }
+    return true;
+}
+
+static void preflight_bandwidth(ds4_xfer_h *x, xfer_conn_t *c)
+{
+    uint64_t total = x->p.preflight_bytes;
+    uint32_t chunk = (uint32_t)DS4_MIN((uint64_t)c->scratch_bytes, (uint64_t)PREFLIGHT_CHUNK);
+    if (total == 0 || chunk == 0) {
+        preflight_done(x, c, DS4_OK);
+        return;
+    }
+    c->bw_chunk = chunk;
+    c->bw_t0_ns = ds4_clock_now_ns();
+    c->bw_bytes = 0;
+    c->bw_posted = 0;
+    c->bw_inflight = 0;
+    preflight_post(x, c);
+}
+
+static void preflight_put_done(ds4_xfer_h *x, xfer_conn_t *c, ds4_status_t st)
+{
+    DS4_ASSERT(c->bw_inflight > 0);
+    c->bw_inflight--;
+    if (st != DS4_OK) {
+        conn_refuse(x, c, st, "preflight put failed");
+        return;
+    }
+    if (!preflight_post(x, c))
+        return;
+    if (c->bw_inflight == 0 && c->bw_posted >= x->p.preflight_bytes)
+        preflight_flush(x, c);
 }
 
 static void preflight_done(ds4_xfer_h *x, xfer_conn_t *c, ds4_status_t st)
@@ -442,11 +495,26 @@ typedef struct prefault_job {
     size_t len;
 } prefault_job_t;
 
+/*
+ * Populating page tables holds the process's address-space lock (read) for the whole range one
+ * madvise call covers; any thread that maps or unmaps memory meanwhile (allocators, UCX, the
+ * gRPC threads) waits for it, and every page fault queues behind that waiting writer - the
+ * loop thread included. One call over a multi-GiB pool stalled the daemons' loops for seconds
+ * at connect (missed heartbeats). So: slices of PREFAULT_SLICE bytes (about a millisecond
+ * each), the lock released in between.
+ */
+#define PREFAULT_SLICE ((size_t)8 << 20)
+
 static void *prefault_main(void *arg)
 {
     prefault_job_t *j = arg;
     /* page tables only, no data change; failure (old kernel, unmapped meanwhile) is harmless */
-    madvise(j->addr, j->len, MADV_POPULATE_WRITE);
+    for (size_t off = 0; off < j->len; off += PREFAULT_SLICE) {
+        if (madvise((char *)j->addr + off, DS4_MIN(PREFAULT_SLICE, j->len - off),
+                    MADV_POPULATE_WRITE) != 0)
+            break;
+        sched_yield();
+    }
     ds4_free(j);
     return NULL;
 }

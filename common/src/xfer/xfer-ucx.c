@@ -5,9 +5,11 @@
  * event fd is polled by libuv; every UCX callback (connection request, active message, error,
  * put/flush/send completion) only records an event, and events are dispatched to the core from
  * `tp_service` *outside* ucp_worker_progress, so the core may call back into the transport
- * freely. While operations are in flight a uv_idle handle keeps progressing (busy polling, as
- * UCX applications do during bulk transfers); otherwise the worker is armed and the loop sleeps
- * on the event fd. A 10 ms timer is a safety net for missed wakeups.
+ * freely. `tp_service` works in bounded slices (TP_SLICE_NS): when the worker has nothing more
+ * it is armed and the loop sleeps on the event fd (also with requests in flight, unless
+ * DS4_XFER_BUSY_POLL=1); when a slice runs out with work left a uv_idle handle continues in the
+ * next loop iteration, so timers and other I/O on the loop are never held for more than a slice.
+ * A 10 ms timer is a safety net for missed wakeups.
  */
 #include "ds4/xfer.h"
 
@@ -30,6 +32,8 @@
  * before whatever is still in flight is abandoned (released to UCX, callbacks fired with
  * DS4_ERR_SHUTDOWN). A peer that is stopped or starved does not answer a close at all. */
 #define TP_DESTROY_GRACE_MS 500u
+/* The longest one tp_service call works before it lets the loop run other handles. */
+#define TP_SLICE_NS (2u * 1000000u)
 
 typedef enum tp_event_type {
     TP_EV_CONN_REQUEST,
@@ -400,18 +404,41 @@ static void tp_dispatch(ds4_xfer_tp_t *tp, tp_event_t *e)
     ds4_free(e);
 }
 
+static uint64_t tp_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * One bounded slice of work on the loop thread: progress the worker and dispatch queued events
+ * until there is nothing left (then arm the worker: the loop sleeps on its event fd) or the
+ * slice's TP_SLICE_NS have passed (then the idle handle continues in the next loop iteration,
+ * after libuv has run everything else that is ready). Never an unbounded wait: while a bulk
+ * transfer keeps ucp_worker_progress busy, or a burst of messages arrives, the loop still
+ * turns every few milliseconds (timers, gRPC, heartbeats).
+ */
 static void tp_service(ds4_xfer_tp_t *tp)
 {
     if (tp->in_service)
         return;
     tp->in_service = true;
+    uint64_t end_ns = tp_now_ns() + TP_SLICE_NS;
+    bool more = false; /* the slice ran out with work left */
     for (;;) {
         while (ucp_worker_progress(tp->worker) != 0) {
+            if (tp_now_ns() >= end_ns) {
+                more = true;
+                break;
+            }
         }
         for (ds4_xfer_tp_conn_t *c = tp->conns; c != NULL; c = c->next) {
             if (c->close_pending)
                 tp_issue_close(tp, c, false);
         }
+        if (more)
+            break;
         if (tp->ev_head != NULL) {
             tp_event_t *e = tp->ev_head;
             tp->ev_head = e->next;
@@ -423,24 +450,33 @@ static void tp_service(ds4_xfer_tp_t *tp)
                  * deliver the error behind whatever that brings in. */
                 e->requeued = true;
                 e->conn->refs--; /* tp_push_event takes the reference again */
-                while (ucp_worker_progress(tp->worker) != 0) {
+                for (int i = 0; i < 64 && ucp_worker_progress(tp->worker) != 0; i++) {
                 }
                 tp_push_event(tp, e);
                 continue;
             }
             tp_dispatch(tp, e);
+            if (tp_now_ns() >= end_ns) {
+                more = true;
+                break;
+            }
             continue;
         }
         if (tp->inflight > 0 && tp->busy_poll)
             break; /* keep polling from the idle handle */
         ucs_status_t s = ucp_worker_arm(tp->worker);
-        if (s == UCS_ERR_BUSY)
+        if (s == UCS_ERR_BUSY) {
+            if (tp_now_ns() >= end_ns) {
+                more = true;
+                break;
+            }
             continue;
+        }
         break;
     }
     tp->in_service = false;
     if (!tp->destroying) {
-        if ((tp->inflight > 0 && tp->busy_poll) || tp->ev_head != NULL)
+        if (more || (tp->inflight > 0 && tp->busy_poll) || tp->ev_head != NULL)
             tp_kick(tp);
         else
             uv_idle_stop(&tp->idle);
@@ -627,13 +663,6 @@ fail_ctx:
 fail_tp:
     ds4_free(tp);
     return st;
-}
-
-static uint64_t tp_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* Destroy: progresses the worker and dispatches events (core completion callbacks only: the
