@@ -63,6 +63,7 @@ typedef struct mm_job {
     int64_t tile;
     int64_t n_tiles;
     bool seq;            /* sequential fp32 dot products instead of sgemm (see cpu_matmul) */
+    int64_t kblock;      /* >0: K-blocked accumulation, blocks of this many inputs */
 } mm_job_t;
 
 /* y[r][o] = x[r] . W[o] as plain sequential fp32 sums (element 0 first), 4 weight rows at a
@@ -107,6 +108,11 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
         buf = ds4_malloc((size_t)(j->tile * k) * sizeof(float));
         DS4_ASSERT(buf != NULL);
     }
+    float *part = NULL;
+    if (j->kblock > 0) {
+        part = ds4_malloc((size_t)(j->rb * j->tile) * sizeof(float));
+        DS4_ASSERT(part != NULL);
+    }
     for (size_t t = begin; t < end; t++) {
         int64_t r0 = (int64_t)t * j->tile;
         int64_t nr = w->n - r0 < j->tile ? w->n - r0 : j->tile;
@@ -123,6 +129,29 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
             seq_dots(j->x, j->m, k, wt, nr, j->y + r0, j->ldy);
             continue;
         }
+        if (j->kblock > 0) {
+            /* y = sum over K blocks, in order, of the block's dot products (one sgemm per
+             * block; each block's sum of e4m3/e2m1 products is exact in fp32 in practice) */
+            for (int64_t b = 0; b < j->m; b += j->rb) {
+                float *yb = j->y + b * j->ldy + r0;
+                for (int64_t k0 = 0; k0 < k; k0 += j->kblock) {
+                    int64_t kl = k - k0 < j->kblock ? k - k0 : j->kblock;
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->rb, (int)nr,
+                                (int)kl, 1.0f, j->x + b * k + k0, (int)k, wt + k0, (int)k, 0.0f,
+                                part, (int)nr);
+                    for (int64_t r = 0; r < j->rb; r++) {
+                        float *yr = yb + r * j->ldy;
+                        const float *pr = part + r * nr;
+                        if (k0 == 0)
+                            memcpy(yr, pr, sizeof(float) * (size_t)nr);
+                        else
+                            for (int64_t o = 0; o < nr; o++)
+                                yr[o] += pr[o];
+                    }
+                }
+            }
+            continue;
+        }
         /* Fixed 16-row blocks: every sgemm call of a weight tile has the same shape, so
          * OpenBLAS takes the same kernel and each row's sums do not depend on how many rows
          * are computed together. */
@@ -132,6 +161,7 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
                         j->y + b * j->ldy + r0, (int)j->ldy);
     }
     ds4_free(buf);
+    ds4_free(part);
 }
 
 typedef struct aq_job {
@@ -204,7 +234,12 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
     /* OpenBLAS picks kernels by shape (results differ in the last bits), so rows are padded
      * to a multiple of the weight's row block and computed in blocks of exactly that many: every
      * row's result is independent of the batch (chunked prefill == whole prefill, bitwise). */
-    /* DS4_MATMUL_NO_ACT_QUANT (the reference's bf16 einsum with wo_a, fp32 accumulation) is
+    /* FP8/FP4 weights with quantised activations accumulate like the reference's fp8_gemm /
+     * fp4_gemm kernels: fp32 partial sums per scale block along K (128 for FP8, 32 for FP4),
+     * each scaled (powers of two: exact on the dequantised values) and added to the output in
+     * block order. Summing all of K in one sgemm instead rounds at other points and flips bf16
+     * outputs (measured on the golden checkpoint; with the blocked order it is bit-exact).
+     * DS4_MATMUL_NO_ACT_QUANT (the reference's bf16 einsum with wo_a, fp32 accumulation) is
      * computed as sequential fp32 dot products: measured on the golden checkpoint, that order
      * reproduces the reference's bf16 outputs where sgemm's blocked order flips roundings. */
     int64_t rb = row_block(w);
@@ -232,7 +267,8 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
         xin = xq;
     }
     mm_job_t j = {.w = w, .m = m_run, .x = xin, .y = yout, .ldy = w->n, .rb = rb, .tile = 128,
-                  .seq = (flags & DS4_MATMUL_NO_ACT_QUANT) != 0};
+                  .seq = (flags & DS4_MATMUL_NO_ACT_QUANT) != 0,
+                  .kblock = !quant ? 0 : (w->type == DS4_W_FP4 ? 32 : 128)};
     if (w->type == DS4_W_F32 || w->type == DS4_W_BF16 || w->f32 != NULL) {
         /* Enough tiles for every thread, never below 64 rows. */
         int64_t per = (w->n + be->n_threads - 1) / be->n_threads;

@@ -137,9 +137,10 @@ static void test_split_scenario(void)
     int top1;
     compare("split", g_split_logits, g_split_steps, &med, &corr, &top1);
     report("split", med, corr, top1, g_split_steps);
-    DS4_CHECKF(corr >= 0.85, "min corr %.4f", corr);
-    DS4_CHECKF(med <= 1.0, "median %.4f", med);
-    DS4_CHECKF(top1 * 100 >= 60 * g_split_steps, "top1 %d", top1);
+    /* the acceptance, as for the prefill scenario */
+    DS4_CHECKF(corr >= 0.95, "min corr %.4f", corr);
+    DS4_CHECKF(med <= 0.4, "median %.4f", med);
+    DS4_CHECKF(top1 * 100 >= 88 * g_split_steps, "top1 %d", top1);
 }
 
 static void test_split_equals_prefill(void)
