@@ -131,7 +131,8 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
         }
         if (j->kblock > 0) {
             /* y = sum over K blocks, in order, of the block's dot products (one sgemm per
-             * block; each block's sum of e4m3/e2m1 products is exact in fp32 in practice) */
+             * block; a block's sum of e4m3 x e4m3/e2m1 products is exact in fp32 in practice,
+             * so sgemm's order inside it does not matter) */
             for (int64_t b = 0; b < j->m; b += j->rb) {
                 float *yb = j->y + b * j->ldy + r0;
                 for (int64_t k0 = 0; k0 < k; k0 += j->kblock) {
@@ -235,10 +236,12 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
      * to a multiple of the weight's row block and computed in blocks of exactly that many: every
      * row's result is independent of the batch (chunked prefill == whole prefill, bitwise). */
     /* FP8/FP4 weights with quantised activations accumulate like the reference's fp8_gemm /
-     * fp4_gemm kernels: fp32 partial sums per scale block along K (128 for FP8, 32 for FP4),
-     * each scaled (powers of two: exact on the dequantised values) and added to the output in
-     * block order. Summing all of K in one sgemm instead rounds at other points and flips bf16
-     * outputs (measured on the golden checkpoint; with the blocked order it is bit-exact).
+     * fp4_gemm kernels: fp32 partial sums per 128-input block along K (the activation scale
+     * block), each scaled (powers of two: exact on the dequantised values) and added to the
+     * output in block order. Summing all of K in one sgemm instead rounds at other points and
+     * flips bf16 outputs (measured on the golden checkpoint; blocked, it is bit-exact). The
+     * reference's fp4_gemm adds per 32-input sub-block; that equals the 128-block sum whenever
+     * the latter is exact in fp32 (identical on the golden) and costs 4x more sgemm calls.
      * DS4_MATMUL_NO_ACT_QUANT (the reference's bf16 einsum with wo_a, fp32 accumulation) is
      * computed as sequential fp32 dot products: measured on the golden checkpoint, that order
      * reproduces the reference's bf16 outputs where sgemm's blocked order flips roundings. */
@@ -268,7 +271,7 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
     }
     mm_job_t j = {.w = w, .m = m_run, .x = xin, .y = yout, .ldy = w->n, .rb = rb, .tile = 128,
                   .seq = (flags & DS4_MATMUL_NO_ACT_QUANT) != 0,
-                  .kblock = !quant ? 0 : (w->type == DS4_W_FP4 ? 32 : 128)};
+                  .kblock = quant ? 128 : 0};
     if (w->type == DS4_W_F32 || w->type == DS4_W_BF16 || w->f32 != NULL) {
         /* Enough tiles for every thread, never below 64 rows. */
         int64_t per = (w->n + be->n_threads - 1) / be->n_threads;
