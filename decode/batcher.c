@@ -155,18 +155,24 @@ static void thread_main(void *arg)
                 memset(&ev, 0, sizeof(ev));
                 ev.kind = DS4_BEVENT_TOKEN;
                 ev.bseq = s;
-                ds4_sampler_sample(&s->sampler, s->logits, &ev.sample);
-                ev.sampled_ns = ds4_clock_now_ns();
-                ev.batch_size = (uint32_t)n_items;
-                s->last_token = ev.sample.token;
-                s->n_generated++;
-                push_event(b, &ev);
-                if (is_stop(s, ev.sample.token)) {
-                    finish(b, s, DS4_FINISH_STOP, NULL);
+                ds4_status_t sst = ds4_sampler_sample(s->sampler, s->logits, &ev.sample);
+                if (sst != DS4_OK) {
+                    finish(b, s, DS4_FINISH_ERROR, "sampling failed: non-finite logits");
                     done = true;
-                } else if (s->n_generated >= s->max_tokens) {
-                    finish(b, s, DS4_FINISH_LENGTH, NULL);
-                    done = true;
+                } else {
+                    ds4_sampler_accept(s->sampler, ev.sample.token);
+                    ev.sampled_ns = ds4_clock_now_ns();
+                    ev.batch_size = (uint32_t)n_items;
+                    s->last_token = ev.sample.token;
+                    s->n_generated++;
+                    push_event(b, &ev);
+                    if (is_stop(s, ev.sample.token)) {
+                        finish(b, s, DS4_FINISH_STOP, NULL);
+                        done = true;
+                    } else if (s->n_generated >= s->max_tokens) {
+                        finish(b, s, DS4_FINISH_LENGTH, NULL);
+                        done = true;
+                    }
                 }
             }
             if (done) {
@@ -293,7 +299,8 @@ void ds4_batcher_free_seq(ds4_bseq_t *s)
 {
     if (s->seq != NULL)
         ds4_seq_destroy(s->seq);
-    ds4_sampler_free(&s->sampler);
+    ds4_sampler_destroy(s->sampler);
+    s->sampler = NULL;
     ds4_free(s->prompt);
     ds4_free(s->stop_ids);
     ds4_free(s->logits);

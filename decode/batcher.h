@@ -18,7 +18,7 @@
 #include <uv.h>
 
 #include "ds4/model.h"
-#include "sampler.h"
+#include "ds4/sampling.h"
 
 typedef enum ds4_finish {
     DS4_FINISH_STOP = 1,   /* EOS or a stop id */
@@ -34,7 +34,8 @@ typedef struct ds4_bseq {
     int32_t *prompt; /* whole prompt (ds4_free'd by the batcher at finish) */
     size_t n_prompt;
     size_t n_fed;          /* prompt tokens already in `seq` */
-    ds4_sampler_t sampler; /* initialised by the loop; freed by the batcher */
+    ds4_sampler_h sampler; /* created by the loop (prompt recorded); destroyed by the batcher */
+    uint32_t n_logprobs;   /* requested: 0 none, N = the token's logprob + top N-1 */
     uint32_t max_tokens;
     int32_t *stop_ids; /* ds4_free'd by the batcher */
     size_t n_stop_ids;
@@ -53,7 +54,7 @@ typedef enum ds4_bevent_kind { DS4_BEVENT_TOKEN = 1, DS4_BEVENT_FINISH = 2 } ds4
 typedef struct ds4_bevent {
     ds4_bevent_kind_t kind;
     ds4_bseq_t *bseq;        /* after FINISH the loop owns it again (ds4_batcher_free_seq) */
-    ds4_sample_out_t sample; /* TOKEN */
+    ds4_sample_result_t sample; /* TOKEN */
     uint32_t batch_size;     /* TOKEN: sequences in the step that produced it */
     uint64_t sampled_ns;     /* TOKEN: ds4_clock_now_ns() right after sampling */
     ds4_finish_t finish;     /* FINISH */

@@ -95,17 +95,17 @@ static void on_events(void *arg, const ds4_bevent_t *evs, size_t n)
             chunk.token_ids = &tok;
             chunk.batch_size = ev->batch_size;
             chunk.sampled_mono_ns = ev->sampled_ns;
-            if (r->bseq->sampler.p.n_logprobs > 0) {
+            if (r->bseq->n_logprobs > 0) {
                 lp.token_id = tok;
                 lp.logprob = ev->sample.logprob;
-                for (uint32_t k = 0; k < ev->sample.n_top; k++) {
+                for (int32_t k = 0; k < ev->sample.n_top; k++) {
                     Ds4__V1__TopLogprob t = DS4__V1__TOP_LOGPROB__INIT;
                     t.token_id = (uint32_t)ev->sample.top_ids[k];
                     t.logprob = ev->sample.top_logprobs[k];
                     tops[k] = t;
                     top_ptrs[k] = &tops[k];
                 }
-                lp.n_top = ev->sample.n_top;
+                lp.n_top = (size_t)ev->sample.n_top;
                 lp.top = top_ptrs;
                 chunk.n_logprobs = 1;
                 chunk.logprobs = lps;
@@ -245,24 +245,29 @@ static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
         prompt[i] = (int32_t)req->prompt->ids[i];
     for (size_t i = 0; i < sp->n_stop_token_ids; i++)
         stops[i] = (int32_t)sp->stop_token_ids[i];
-    ds4_sampling_t sampling = {
-        .temperature = sp->temperature,
-        .top_k = sp->top_k,
-        .top_p = sp->top_p,
-        .min_p = sp->min_p,
-        .repetition_penalty = sp->repetition_penalty,
-        .presence_penalty = sp->presence_penalty,
-        .frequency_penalty = sp->frequency_penalty,
-        .seed = sp->seeded ? sp->seed : ds4_random_u64(),
-        .n_logprobs = sp->logprobs,
-    };
-    st = ds4_sampler_init(&s->sampler, &sampling, n_vocab, prompt, n);
+    /* Request conventions (ds4.proto): 0 = off for top_k / top_p / repetition_penalty;
+     * logprobs N = the token's logprob + the top N-1. */
+    ds4_sampling_params_t sampling = ds4_sampling_params_default();
+    sampling.temperature = sp->temperature;
+    sampling.top_k = (int32_t)sp->top_k;
+    sampling.top_p = sp->top_p > 0.0f && sp->top_p < 1.0f ? sp->top_p : 1.0f;
+    sampling.min_p = sp->min_p;
+    sampling.repetition_penalty = sp->repetition_penalty > 0.0f ? sp->repetition_penalty : 1.0f;
+    sampling.presence_penalty = sp->presence_penalty;
+    sampling.frequency_penalty = sp->frequency_penalty;
+    sampling.seed = sp->seeded ? sp->seed : ds4_random_u64();
+    sampling.n_logprobs = sp->logprobs > 1 ? (int32_t)DS4_MIN(sp->logprobs - 1, DS4_MAX_LOGPROBS)
+                                           : 0;
+    s->n_logprobs = sp->logprobs;
+    st = ds4_sampler_create(&sampling, (int32_t)n_vocab, &s->sampler);
     if (st != DS4_OK)
         goto fail;
+    ds4_sampler_accept_prompt(s->sampler, prompt, n);
     if (req->prefilled_tokens == 0) {
         st = ds4_seq_create(dc->model, &s->seq);
         if (st != DS4_OK) {
-            ds4_sampler_free(&s->sampler);
+            ds4_sampler_destroy(s->sampler);
+            s->sampler = NULL;
             goto fail;
         }
     }

@@ -473,15 +473,19 @@ bool pdh_ref_generate(const gen_t *g, int32_t *out, size_t *n_out)
     if (ds4_seq_create(ref_model, &seq) != DS4_OK)
         return false;
     float *logits = malloc((size_t)cfg->vocab_size * sizeof(float));
-    ds4_sampling_t sp = {
-        .temperature = g->temperature, .top_k = g->top_k, .top_p = g->top_p, .seed = g->seed};
-    ds4_sampler_t s;
-    if (logits == NULL ||
-        ds4_sampler_init(&s, &sp, (uint32_t)cfg->vocab_size, g->ids, g->n_ids) != DS4_OK) {
+    /* The request's conventions, as ds4-decode maps them: top_p 0 = off. */
+    ds4_sampling_params_t sp = ds4_sampling_params_default();
+    sp.temperature = g->temperature;
+    sp.top_k = (int32_t)g->top_k;
+    sp.top_p = g->top_p > 0.0f && g->top_p < 1.0f ? g->top_p : 1.0f;
+    sp.seed = g->seed;
+    ds4_sampler_h s = NULL;
+    if (logits == NULL || ds4_sampler_create(&sp, cfg->vocab_size, &s) != DS4_OK) {
         free(logits);
         ds4_seq_destroy(seq);
         return false;
     }
+    ds4_sampler_accept_prompt(s, g->ids, g->n_ids);
     /* The whole prompt in one step (in 8192-token steps beyond that, to bound memory; the
      * engine is chunking-invariant): the independent single-process answer to the cluster's
      * chunked, transferred computation. */
@@ -496,8 +500,12 @@ bool pdh_ref_generate(const gen_t *g, int32_t *out, size_t *n_out)
     }
     size_t n = 0;
     while (ok && n < g->max_tokens) {
-        ds4_sample_out_t so;
-        ds4_sampler_sample(&s, logits, &so);
+        ds4_sample_result_t so;
+        if (ds4_sampler_sample(s, logits, &so) != DS4_OK) {
+            ok = false;
+            break;
+        }
+        ds4_sampler_accept(s, so.token);
         out[n++] = so.token;
         if ((!g->ignore_eos && so.token == cfg->eos_token_id) || n == g->max_tokens)
             break;
@@ -505,7 +513,7 @@ bool pdh_ref_generate(const gen_t *g, int32_t *out, size_t *n_out)
         ds4_step_item_t st = {.seq = seq, .tokens = &t, .n_tokens = 1, .logits = logits};
         ok = ds4_model_step(ref_model, &st, 1, NULL) == DS4_OK;
     }
-    ds4_sampler_free(&s);
+    ds4_sampler_destroy(s);
     free(logits);
     ds4_seq_destroy(seq);
     *n_out = n;

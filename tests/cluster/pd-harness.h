@@ -15,7 +15,7 @@
 
 #include "ds4/model.h"
 #include "ds4/rpc.h"
-#include "sampler.h"
+#include "ds4/sampling.h"
 
 typedef struct proc {
     pid_t pid;

@@ -109,15 +109,32 @@ static void test_penalties_and_logprobs(void)
     DS4_CHECK_STATUS(ds4_sampler_sample(s, k_logits, &r), DS4_OK);
     DS4_CHECK_EQ_INT(r.token, 14);
     DS4_CHECK_EQ_INT(r.n_top, 3);
-    DS4_CHECK(r.top_ids[0] == 14 && r.top_ids[1] == 2 && r.top_ids[2] == 9);
-    /* logprob = w - logsumexp(w) of the penalised logits */
-    float w[V];
-    memcpy(w, k_logits, sizeof(w));
-    w[1] = w[5] = 1.5f;
+    /* logprobs are of the raw model distribution: top ids 1, 5 (3.0), 14 (2.9) */
+    DS4_CHECK(r.top_ids[0] == 1 && r.top_ids[1] == 5 && r.top_ids[2] == 14);
     double z = 0;
     for (int i = 0; i < V; i++)
-        z += exp(w[i]);
+        z += exp(k_logits[i]);
     DS4_CHECK_NEAR(r.logprob, 2.9 - log(z), 1e-5);
+    DS4_CHECK_NEAR(r.top_logprobs[0], 3.0 - log(z), 1e-5);
+    ds4_sampler_destroy(s);
+    /* prompt tokens get the repetition penalty, not presence/frequency */
+    sp.repetition_penalty = 1.0f;
+    sp.presence_penalty = 5.0f;
+    DS4_CHECK_STATUS(ds4_sampler_create(&sp, V, &s), DS4_OK);
+    const int32_t prompt[2] = {1, 5};
+    ds4_sampler_accept_prompt(s, prompt, 2);
+    DS4_CHECK_STATUS(ds4_sampler_sample(s, k_logits, &r), DS4_OK);
+    DS4_CHECK_EQ_INT(r.token, 1);
+    ds4_sampler_accept(s, 1); /* generated: 3.0 - 5.0 */
+    DS4_CHECK_STATUS(ds4_sampler_sample(s, k_logits, &r), DS4_OK);
+    DS4_CHECK_EQ_INT(r.token, 5);
+    ds4_sampler_destroy(s);
+    sp.presence_penalty = 0.0f;
+    sp.repetition_penalty = 2.0f;
+    DS4_CHECK_STATUS(ds4_sampler_create(&sp, V, &s), DS4_OK);
+    ds4_sampler_accept_prompt(s, prompt, 2); /* 1 and 5: 3.0 -> 1.5 */
+    DS4_CHECK_STATUS(ds4_sampler_sample(s, k_logits, &r), DS4_OK);
+    DS4_CHECK_EQ_INT(r.token, 14);
     ds4_sampler_destroy(s);
     sp.repetition_penalty = 1.0f;
     sp.frequency_penalty = 0.3f;
@@ -128,7 +145,7 @@ static void test_penalties_and_logprobs(void)
     ds4_sampler_accept(s, 1);  /* 3.0 - 0.8 = 2.2 */
     DS4_CHECK_STATUS(ds4_sampler_sample(s, k_logits, &r), DS4_OK);
     DS4_CHECK_EQ_INT(r.token, 5);
-    DS4_CHECK(r.top_ids[1] == 2 && r.top_ids[2] == 1);
+    DS4_CHECK(r.top_ids[0] == 1 && r.top_ids[1] == 5 && r.top_ids[2] == 14); /* raw logits */
     ds4_sampler_destroy(s);
 }
 

@@ -153,8 +153,7 @@ static int run_text(ds4_model_h m, ds4_seq_h s, const char *text, const char *to
     } else {
         if ((st = ds4_sampler_create(sp, V, &smp)) != DS4_OK)
             goto fail;
-        for (int i = 0; i < np; i++)
-            ds4_sampler_accept(smp, prompt[i]);
+        ds4_sampler_accept_prompt(smp, prompt, (size_t)np);
         for (int i = 0; i < n; i++) {
             ds4_sample_result_t r;
             if ((st = ds4_sampler_sample(smp, logits, &r)) != DS4_OK)

@@ -12,7 +12,8 @@ struct ds4_sampler {
     ds4_sampling_params_t p;
     int32_t V;
     uint64_t rng[4];
-    int32_t *counts;  /* occurrences per token in the history */
+    int32_t *counts;  /* occurrences per token among the generated tokens */
+    uint8_t *seen;    /* token in the prompt or generated (repetition penalty) */
     float *work;      /* V penalised logits */
     int32_t *order;   /* V ids */
     float *prob;      /* V */
@@ -95,10 +96,11 @@ ds4_status_t ds4_sampler_create(const ds4_sampling_params_t *params, int32_t voc
     s->p = *p;
     s->V = vocab_size;
     s->counts = ds4_calloc((size_t)vocab_size, sizeof(int32_t));
+    s->seen = ds4_calloc((size_t)vocab_size, 1);
     s->work = ds4_malloc_array((size_t)vocab_size, sizeof(float));
     s->order = ds4_malloc_array((size_t)vocab_size, sizeof(int32_t));
     s->prob = ds4_malloc_array((size_t)vocab_size, sizeof(float));
-    if (s->counts == NULL || s->work == NULL || s->order == NULL || s->prob == NULL) {
+    if (s->counts == NULL || s->seen == NULL || s->work == NULL || s->order == NULL || s->prob == NULL) {
         ds4_sampler_destroy(s);
         return DS4_ERR_NO_MEMORY;
     }
@@ -114,6 +116,7 @@ void ds4_sampler_destroy(ds4_sampler_h s)
     if (s == NULL)
         return;
     ds4_free(s->counts);
+    ds4_free(s->seen);
     ds4_free(s->work);
     ds4_free(s->order);
     ds4_free(s->prob);
@@ -122,8 +125,18 @@ void ds4_sampler_destroy(ds4_sampler_h s)
 
 void ds4_sampler_accept(ds4_sampler_h s, int32_t token)
 {
-    if (token >= 0 && token < s->V)
+    if (token >= 0 && token < s->V) {
         s->counts[token]++;
+        s->seen[token] = 1;
+    }
+}
+
+void ds4_sampler_accept_prompt(ds4_sampler_h s, const int32_t *tokens, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (tokens[i] >= 0 && tokens[i] < s->V)
+            s->seen[tokens[i]] = 1;
+    }
 }
 
 static int by_prob_desc(const void *a, const void *b, void *key)
@@ -168,20 +181,20 @@ ds4_status_t ds4_sampler_sample(ds4_sampler_h s, const float *logits, ds4_sample
             ds4_log_error("sampler: logit %d is not finite", i);
             return DS4_ERR_NUMERIC;
         }
+        if (s->seen[i] && p->repetition_penalty != 1.0f)
+            l = l > 0.0f ? l / p->repetition_penalty : l * p->repetition_penalty;
         int32_t c = s->counts[i];
-        if (c > 0) {
-            if (p->repetition_penalty != 1.0f)
-                l = l > 0.0f ? l / p->repetition_penalty : l * p->repetition_penalty;
+        if (c > 0)
             l -= p->frequency_penalty * (float)c + p->presence_penalty;
-        }
         w[i] = l;
     }
-    /* log-softmax at temperature 1 for logprobs */
-    float mx = w[ds4_argmax(w, V)];
+    /* logprobs: log-softmax of the model's raw logits */
+    float lmx = logits[ds4_argmax(logits, V)];
     double z = 0.0;
     for (int32_t i = 0; i < V; i++)
-        z += exp((double)(w[i] - mx));
-    double lz = (double)mx + log(z);
+        z += exp((double)(logits[i] - lmx));
+    double lz = (double)lmx + log(z);
+    float mx = w[ds4_argmax(w, V)];
     int32_t tok;
     if (p->temperature <= 0.0f || p->top_k == 1) {
         tok = ds4_argmax(w, V);
@@ -235,12 +248,12 @@ ds4_status_t ds4_sampler_sample(ds4_sampler_h s, const float *logits, ds4_sample
         }
     }
     out->token = tok;
-    out->logprob = (float)((double)w[tok] - lz);
+    out->logprob = (float)((double)logits[tok] - lz);
     out->n_top = 0;
     if (p->n_logprobs > 0) {
-        out->n_top = top_n(w, V, p->n_logprobs, out->top_ids);
+        out->n_top = top_n(logits, V, p->n_logprobs, out->top_ids);
         for (int i = 0; i < out->n_top; i++)
-            out->top_logprobs[i] = (float)((double)w[out->top_ids[i]] - lz);
+            out->top_logprobs[i] = (float)((double)logits[out->top_ids[i]] - lz);
     }
     return DS4_OK;
 }
