@@ -81,7 +81,7 @@ float ds4__exp_ref(float x)
 {
     if (isnan(x))
         return x;
-    if (x > 1e38f)
+    if (x > 104.0f) /* 2^q overflows from x ~ 88.73 on; keeps q within int range */
         return INFINITY;
     if (x < -104.0f)
         return 0.0f;
