@@ -186,39 +186,51 @@ typedef struct stream_job {
     float *y;
 } stream_job_t;
 
-/* y[r][j] = x[r] . W[j] with 8 fixed partial sums: each output depends only on its own row
- * and weight row (row-independent by construction); W is read once for all rows. */
+/* y[r][o] = x[r] . W[o] as a sequential fp32 sum (element 0 first): the reference's fp32
+ * F.linear order for the head (measured: the golden logits are then byte-identical). Each
+ * output depends only on its own row and weight row (row-independent by construction); W is
+ * read once for all rows, STREAM_ROWS weight rows at a time (independent accumulators). */
+#define STREAM_ROWS 8
 static void stream_rows(void *arg, size_t begin, size_t end, int thread_index)
 {
     stream_job_t *j = arg;
-    int64_t k = j->w->k, k8 = k / 8 * 8;
-    float wr[8192];
-    for (size_t o = begin; o < end; o++) {
-        const float *wrow;
-        if (j->w->f32 != NULL) {
-            wrow = j->w->f32 + (int64_t)o * k;
-        } else if (j->w->type == DS4_W_F32) {
-            wrow = (const float *)j->w->data + (int64_t)o * k;
-        } else {
-            const uint16_t *src = (const uint16_t *)j->w->data + (int64_t)o * k;
-            for (int64_t i = 0; i < k; i++) {
-                uint32_t u = (uint32_t)src[i] << 16;
-                memcpy(&wr[i], &u, 4);
+    int64_t k = j->w->k, n = j->w->n;
+    /* STREAM_ROWS weight rows interleaved: wi[i * STREAM_ROWS + q] = W[o0 + q][i], so that the
+     * STREAM_ROWS independent sequential sums advance together (vectorisable) */
+    float *wi = ds4_malloc((size_t)(STREAM_ROWS * k) * sizeof(float));
+    DS4_ASSERT(wi != NULL);
+    for (size_t g = begin; g < end; g++) {
+        int64_t o0 = (int64_t)g * STREAM_ROWS;
+        int no = n - o0 < STREAM_ROWS ? (int)(n - o0) : STREAM_ROWS;
+        for (int q = 0; q < STREAM_ROWS; q++) {
+            int64_t o = o0 + (q < no ? q : 0);
+            if (j->w->f32 != NULL || j->w->type == DS4_W_F32) {
+                const float *src = j->w->f32 != NULL ? j->w->f32 + o * k
+                                                     : (const float *)j->w->data + o * k;
+                for (int64_t i = 0; i < k; i++)
+                    wi[i * STREAM_ROWS + q] = src[i];
+            } else {
+                const uint16_t *src = (const uint16_t *)j->w->data + o * k;
+                for (int64_t i = 0; i < k; i++) {
+                    uint32_t u = (uint32_t)src[i] << 16;
+                    memcpy(&wi[i * STREAM_ROWS + q], &u, 4);
+                }
             }
-            wrow = wr;
         }
         for (int64_t r = 0; r < j->m; r++) {
             const float *xr = j->x + r * k;
-            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int64_t i = 0; i < k8; i += 8)
-                for (int l = 0; l < 8; l++)
-                    acc[l] += xr[i + l] * wrow[i + l];
-            float t = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-            for (int64_t i = k8; i < k; i++)
-                t += xr[i] * wrow[i];
-            j->y[r * j->w->n + (int64_t)o] = t;
+            float acc[STREAM_ROWS] = {0};
+            for (int64_t i = 0; i < k; i++) {
+                const float xv = xr[i];
+                const float *w8 = wi + i * STREAM_ROWS;
+                for (int q = 0; q < STREAM_ROWS; q++)
+                    acc[q] += xv * w8[q];
+            }
+            for (int q = 0; q < no; q++)
+                j->y[r * n + o0 + q] = acc[q];
         }
     }
+    ds4_free(wi);
 }
 
 static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const float *x,
@@ -227,7 +239,8 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
     if ((flags & DS4_MATMUL_STREAM) && (w->type == DS4_W_F32 || w->type == DS4_W_BF16) &&
         w->k <= 8192 && m > 0) {
         stream_job_t sj = {.w = w, .m = m, .x = x, .y = y};
-        ds4_threadpool_parallel_for(be->pool, (size_t)w->n, stream_rows, &sj);
+        ds4_threadpool_parallel_for(be->pool, (size_t)((w->n + STREAM_ROWS - 1) / STREAM_ROWS),
+                                    stream_rows, &sj);
         return;
     }
     if (m <= 0 || w->n <= 0)
