@@ -11,6 +11,7 @@
  * abruptly after N tokens (a client disconnect). Exit status: 0 on OK, 3 + the gRPC code
  * otherwise, with "error: CODE: message" on stderr.
  */
+#include <ctype.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,10 +106,24 @@ static void on_message(ds4_rpc_client_call_h call, ProtobufCMessage *msg, void *
             fputs(g->text_delta, stdout);
             fflush(stdout);
         }
-        if (g->usage != NULL && c->usage)
-            fprintf(stderr, "usage: prompt %u completion %u reasoning %u ttft %.1f ms finish %d\n",
+        if (g->usage != NULL && c->usage) {
+            const ProtobufCEnumValue *fr = protobuf_c_enum_descriptor_get_value(
+                &ds4__v1__finish_reason__descriptor, (int)g->finish_reason);
+            if (c->channel_printed)
+                fputc('\n', stdout);
+            fflush(stdout);
+            /* "FINISH_REASON_LENGTH" -> "length" */
+            char reason[32] = "unknown";
+            if (fr != NULL && strncmp(fr->name, "FINISH_REASON_", 14) == 0) {
+                size_t i = 0;
+                for (const char *p = fr->name + 14; *p != '\0' && i + 1 < sizeof(reason); p++)
+                    reason[i++] = (char)tolower((unsigned char)*p);
+                reason[i] = '\0';
+            }
+            fprintf(stderr, "usage: prompt %u completion %u reasoning %u ttft %.1f ms finish %s\n",
                     g->usage->prompt_tokens, g->usage->completion_tokens,
-                    g->usage->reasoning_tokens, g->usage->ttft_ms, (int)g->finish_reason);
+                    g->usage->reasoning_tokens, g->usage->ttft_ms, reason);
+        }
         if (c->hangup_after != 0 && c->n_tokens >= c->hangup_after)
             _exit(0); /* a client that vanishes mid-stream (socket closed by the kernel) */
         if (c->cancel_after != 0 && c->n_tokens >= c->cancel_after) {
