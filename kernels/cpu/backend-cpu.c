@@ -108,11 +108,6 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
         buf = ds4_malloc((size_t)(j->tile * k) * sizeof(float));
         DS4_ASSERT(buf != NULL);
     }
-    float *part = NULL;
-    if (j->kblock > 0) {
-        part = ds4_malloc((size_t)(j->rb * j->tile) * sizeof(float));
-        DS4_ASSERT(part != NULL);
-    }
     for (size_t t = begin; t < end; t++) {
         int64_t r0 = (int64_t)t * j->tile;
         int64_t nr = w->n - r0 < j->tile ? w->n - r0 : j->tile;
@@ -130,27 +125,17 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
             continue;
         }
         if (j->kblock > 0) {
-            /* y = sum over K blocks, in order, of the block's dot products (one sgemm per
-             * block; a block's sum of e4m3 x e4m3/e2m1 products is exact in fp32 in practice,
-             * so sgemm's order inside it does not matter) */
-            for (int64_t b = 0; b < j->m; b += j->rb) {
-                float *yb = j->y + b * j->ldy + r0;
+            /* y = sum over K blocks, in order, of the block's dot products: one sgemm per
+             * block, beta = 1 after the first (OpenBLAS adds the block's register sum to C
+             * once: y = fl(y + block)). A block's sum of e4m3 x e4m3/e2m1 products is exact
+             * in fp32 in practice, so sgemm's order inside it does not matter. */
+            for (int64_t b = 0; b < j->m; b += j->rb)
                 for (int64_t k0 = 0; k0 < k; k0 += j->kblock) {
                     int64_t kl = k - k0 < j->kblock ? k - k0 : j->kblock;
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->rb, (int)nr,
-                                (int)kl, 1.0f, j->x + b * k + k0, (int)k, wt + k0, (int)k, 0.0f,
-                                part, (int)nr);
-                    for (int64_t r = 0; r < j->rb; r++) {
-                        float *yr = yb + r * j->ldy;
-                        const float *pr = part + r * nr;
-                        if (k0 == 0)
-                            memcpy(yr, pr, sizeof(float) * (size_t)nr);
-                        else
-                            for (int64_t o = 0; o < nr; o++)
-                                yr[o] += pr[o];
-                    }
+                                (int)kl, 1.0f, j->x + b * k + k0, (int)k, wt + k0, (int)k,
+                                k0 == 0 ? 0.0f : 1.0f, j->y + b * j->ldy + r0, (int)j->ldy);
                 }
-            }
             continue;
         }
         /* Fixed 16-row blocks: every sgemm call of a weight tile has the same shape, so
@@ -162,7 +147,6 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
                         j->y + b * j->ldy + r0, (int)j->ldy);
     }
     ds4_free(buf);
-    ds4_free(part);
 }
 
 typedef struct aq_job {
