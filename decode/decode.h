@@ -12,6 +12,7 @@
 #include "ds4/daemon.h"
 #include "ds4/kv.h"
 #include "ds4/model.h"
+#include "ds4/worker.h"
 #include "ds4/xfer.h"
 #include "ds4_worker.pb-c.h"
 
@@ -29,12 +30,9 @@ typedef struct dreq dreq_t;
 typedef struct decode {
     decode_opts_t opt;
     ds4_daemon_h daemon;
-    ds4_model_h model;
-    const ds4_model_config_t *cfg;
+    ds4_worker_model_t wm; /* model, config, KV manifest and its digest */
     ds4_batcher_t *batcher;
     ds4_router_link_h link;
-    ds4_kv_manifest_h *manifest;
-    uint8_t digest[8];
     ds4_xfer_h *xfer;
     uv_timer_t kv_timer; /* imports verified KV outside the xfer callback */
     dreq_t *reqs;

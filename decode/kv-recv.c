@@ -20,7 +20,7 @@ static ds4_status_t import_kv(decode_t *dc, dreq_t *r, char *why, size_t why_len
     ds4_kv_pool_h *pool = ds4_xfer_pool(dc->xfer);
     uint64_t n_tokens = r->prefilled;
     uint64_t bytes =
-        sizeof(ds4_seq_state_header_t) + ds4_kv_manifest_seq_bytes(dc->manifest, n_tokens);
+        sizeof(ds4_seq_state_header_t) + ds4_kv_manifest_seq_bytes(dc->wm.manifest, n_tokens);
     unsigned char *buf = ds4_malloc(bytes);
     if (buf == NULL) {
         snprintf(why, why_len, "out of memory for %" PRIu64 " bytes of KV", bytes);
@@ -31,15 +31,15 @@ static ds4_status_t import_kv(decode_t *dc, dreq_t *r, char *why, size_t why_len
         .version = DS4_SEQ_STATE_VERSION,
         .pos = (int64_t)n_tokens,
         .mtp_pos = 0,
-        .n_layers = (uint32_t)ds4_config_n_layers_total(dc->cfg),
-        .row_bytes = ds4_kv_manifest_kind_row_bytes(dc->manifest, DS4_KV_WINDOW),
-        .index_row_bytes = ds4_kv_manifest_kind_row_bytes(dc->manifest, DS4_KV_INDEX),
+        .n_layers = (uint32_t)ds4_config_n_layers_total(dc->wm.cfg),
+        .row_bytes = ds4_kv_manifest_kind_row_bytes(dc->wm.manifest, DS4_KV_WINDOW),
+        .index_row_bytes = ds4_kv_manifest_kind_row_bytes(dc->wm.manifest, DS4_KV_INDEX),
     };
     memcpy(buf, &h, sizeof(h));
     uint64_t off = sizeof(h);
-    uint32_t ng = ds4_kv_manifest_n_groups(dc->manifest);
+    uint32_t ng = ds4_kv_manifest_n_groups(dc->wm.manifest);
     for (uint32_t g = 0; g < ng; g++) {
-        const ds4_kv_group_t *grp = ds4_kv_manifest_group(dc->manifest, g);
+        const ds4_kv_group_t *grp = ds4_kv_manifest_group(dc->wm.manifest, g);
         uint64_t rows = ds4_kv_group_rows(grp, n_tokens);
         for (uint64_t row = 0; row < rows;) {
             uint64_t contig = 0;
@@ -57,7 +57,7 @@ static ds4_status_t import_kv(decode_t *dc, dreq_t *r, char *why, size_t why_len
     }
     DS4_ASSERT(off == bytes);
     ds4_seq_h seq = NULL;
-    st = ds4_seq_import(dc->model, buf, bytes, &seq);
+    st = ds4_seq_import(dc->wm.model, buf, bytes, &seq);
     ds4_free(buf);
     if (st != DS4_OK) {
         snprintf(why, why_len, "kv import failed: %s", ds4_status_str(st));

@@ -169,7 +169,7 @@ static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
     }
     size_t n = req->prompt != NULL ? req->prompt->n_ids : 0;
     const Ds4__V1__SamplingParams *sp = req->sampling;
-    uint32_t n_vocab = (uint32_t)dc->cfg->vocab_size;
+    uint32_t n_vocab = (uint32_t)dc->wm.cfg->vocab_size;
     if (n == 0) {
         ds4_rpc_call_finish(call, DS4_RPC_INVALID_ARGUMENT, "prompt.ids: must not be empty");
         return;
@@ -211,8 +211,8 @@ static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
         return;
     }
     if (req->prefilled_tokens > 0 && req->prefill_manifest_digest.len != 0 &&
-        (req->prefill_manifest_digest.len != sizeof(dc->digest) ||
-         memcmp(req->prefill_manifest_digest.data, dc->digest, sizeof(dc->digest)) != 0)) {
+        (req->prefill_manifest_digest.len != sizeof(dc->wm.digest) ||
+         memcmp(req->prefill_manifest_digest.data, dc->wm.digest, sizeof(dc->wm.digest)) != 0)) {
         ds4_rpc_call_finish(call, DS4_RPC_FAILED_PRECONDITION,
                             "prefill_manifest_digest: the prefill worker's KV manifest differs "
                             "from this decode worker's");
@@ -264,7 +264,7 @@ static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
         goto fail;
     ds4_sampler_accept_prompt(s->sampler, prompt, n);
     if (req->prefilled_tokens == 0) {
-        st = ds4_seq_create(dc->model, &s->seq);
+        st = ds4_seq_create(dc->wm.model, &s->seq);
         if (st != DS4_OK) {
             ds4_sampler_destroy(s->sampler);
             s->sampler = NULL;
@@ -279,7 +279,7 @@ static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
     s->max_tokens = sp->max_tokens;
     s->stop_ids = stops;
     s->n_stop_ids = sp->n_stop_token_ids;
-    s->eos_id = dc->cfg->eos_token_id;
+    s->eos_id = dc->wm.cfg->eos_token_id;
     s->ignore_eos = sp->ignore_eos;
     r->dc = dc;
     r->id = req->request_id;
@@ -368,7 +368,7 @@ static void rpc_stats(ds4_rpc_call_h call, const ProtobufCMessage *request, void
     info.model = (char *)dc->opt.model_name;
     info.max_sequences = dc->opt.max_sequences;
     info.max_context = dc->opt.max_context;
-    info.vocab_size = (uint32_t)dc->cfg->vocab_size;
+    info.vocab_size = (uint32_t)dc->wm.cfg->vocab_size;
     fill_load(dc, &load);
     resp.info = &info;
     resp.load = &load;
@@ -554,24 +554,9 @@ int main(int argc, char **argv)
     if (lvl >= 0)
         ds4_log_set_level((ds4_log_level_t)lvl);
     rc = 1;
-    ds4_model_params_t mp = ds4_model_params_default();
-    mp.n_threads = (int)dc.opt.threads;
-    if (ds4_model_load(dc.opt.model, &mp, &dc.model, &diag) != DS4_OK) {
-        ds4_diag_log(&diag, "ds4-decode: model");
+    if (ds4_worker_model_open("ds4-decode", dc.opt.model, dc.opt.threads, &dc.opt.max_context,
+                              &dc.wm) != DS4_OK)
         goto out_opts;
-    }
-    dc.cfg = ds4_model_config(dc.model);
-    if (dc.opt.max_context == 0 || dc.opt.max_context > dc.cfg->max_position_embeddings)
-        dc.opt.max_context =
-            (uint32_t)DS4_MIN(dc.cfg->max_position_embeddings, (int64_t)UINT32_MAX);
-
-    if (ds4_kv_manifest_create(dc.cfg, &dc.manifest) != DS4_OK) {
-        ds4_log_error("ds4-decode: cannot build the KV manifest");
-        goto out_model;
-    }
-    uint64_t dg = ds4_kv_manifest_digest(dc.manifest);
-    for (int i = 0; i < 8; i++)
-        dc.digest[i] = (uint8_t)(dg >> (8 * i));
 
     ds4_daemon_params_t dp = ds4_daemon_params_default();
     dp.name = "ds4-decode";
@@ -606,8 +591,8 @@ int main(int argc, char **argv)
         if (ds4_rpc_server_add_method(ds4_daemon_rpc_server(dc.daemon), &methods[i]) != DS4_OK)
             goto out_daemon;
     ds4_batcher_params_t bp = {
-        .model = dc.model,
-        .n_vocab = (uint32_t)dc.cfg->vocab_size,
+        .model = dc.wm.model,
+        .n_vocab = (uint32_t)dc.wm.cfg->vocab_size,
         .max_batch = dc.opt.max_batch,
         .chunk_tokens = dc.opt.chunk_tokens,
         .on_events = on_events,
@@ -615,7 +600,7 @@ int main(int argc, char **argv)
     };
     if (ds4_batcher_create(ds4_daemon_loop(dc.daemon), &bp, &dc.batcher) != DS4_OK)
         goto out_daemon;
-    ds4_kv_pool_params_t pp = ds4_kv_pool_params_default(dc.manifest);
+    ds4_kv_pool_params_t pp = ds4_kv_pool_params_default(dc.wm.manifest);
     if (ds4_kv_pool_params_for_tokens(
             &pp, dc.opt.kv_tokens != 0 ? dc.opt.kv_tokens : dc.opt.max_context,
             dc.opt.kv_seqs != 0 ? dc.opt.kv_seqs : dc.opt.max_sequences) != DS4_OK) {
@@ -623,7 +608,7 @@ int main(int argc, char **argv)
         goto out_batcher;
     }
     ds4_xfer_params_t xp = ds4_xfer_params_default();
-    xp.manifest = dc.manifest;
+    xp.manifest = dc.wm.manifest;
     xp.listen_addr = dc.opt.xfer_listen;
     xp.pool = &pp;
     xp.refuse_tcp_only = dc.opt.refuse_tcp_only;
@@ -659,9 +644,9 @@ int main(int argc, char **argv)
     lp.model = dc.opt.model_name;
     lp.max_sequences = dc.opt.max_sequences;
     lp.max_context = dc.opt.max_context;
-    lp.vocab_size = (uint32_t)dc.cfg->vocab_size;
-    lp.manifest_digest = dc.digest;
-    lp.manifest_digest_len = sizeof(dc.digest);
+    lp.vocab_size = (uint32_t)dc.wm.cfg->vocab_size;
+    lp.manifest_digest = dc.wm.digest;
+    lp.manifest_digest_len = sizeof(dc.wm.digest);
     ds4_kv_pool_stats_t pstats;
     ds4_kv_pool_stats(ds4_xfer_pool(dc.xfer), &pstats);
     for (int k = 0; k < DS4_KV_N_KINDS; k++)
@@ -687,8 +672,7 @@ out_batcher:
 out_daemon:
     ds4_daemon_destroy(dc.daemon);
 out_model:
-    ds4_kv_manifest_destroy(dc.manifest);
-    ds4_model_free(dc.model);
+    ds4_worker_model_close(&dc.wm);
 out_opts:
     ds4_diag_free(&diag);
     ds4_opts_free(&os);

@@ -19,6 +19,7 @@
 #include "ds4/kv.h"
 #include "ds4/log.h"
 #include "ds4/model.h"
+#include "ds4/worker.h"
 #include "ds4/xfer.h"
 #include "ds4_worker.pb-c.h"
 
@@ -35,10 +36,7 @@ typedef struct pjob pjob_t;
 typedef struct prefill {
     prefill_opts_t opt;
     ds4_daemon_h daemon;
-    ds4_model_h model;
-    const ds4_model_config_t *cfg;
-    ds4_kv_manifest_h *manifest;
-    uint8_t digest[8];
+    ds4_worker_model_t wm; /* model, config, KV manifest and its digest */
     ds4_xfer_h *xfer;
     ds4_router_link_h link;
     pjob_t *jobs; /* loop list of every live job */
@@ -88,7 +86,7 @@ static void job_maybe_end(pjob_t *j);
 static ds4_status_t push_rows(prefill_t *pf, pjob_t *j, uint32_t g, const unsigned char *src,
                               uint64_t src_off, uint64_t dst_off, uint64_t from, uint64_t to)
 {
-    const ds4_kv_group_t *grp = ds4_kv_manifest_group(pf->manifest, g);
+    const ds4_kv_group_t *grp = ds4_kv_manifest_group(pf->wm.manifest, g);
     if (to <= from)
         return DS4_OK;
     uint64_t rb = grp->row_bytes;
@@ -123,7 +121,7 @@ static ds4_status_t export_into(ds4_seq_h seq, unsigned char **buf, uint64_t *ca
  */
 static ds4_status_t compute(prefill_t *pf, pjob_t *j)
 {
-    uint32_t ng = ds4_kv_manifest_n_groups(pf->manifest);
+    uint32_t ng = ds4_kv_manifest_n_groups(pf->wm.manifest);
     uint64_t *final_off = ds4_calloc(ng + 1, sizeof(*final_off));
     uint64_t *sent = ds4_calloc(ng + 1, sizeof(*sent));
     unsigned char *tmp = NULL;
@@ -137,7 +135,7 @@ static ds4_status_t compute(prefill_t *pf, pjob_t *j)
     uint64_t total = 0;
     for (uint32_t g = 0; g < ng; g++) {
         final_off[g] = total;
-        total += ds4_kv_group_bytes(ds4_kv_manifest_group(pf->manifest, g), j->n);
+        total += ds4_kv_group_bytes(ds4_kv_manifest_group(pf->wm.manifest, g), j->n);
     }
     j->state_len = sizeof(ds4_seq_state_header_t) + total;
     j->state = ds4_malloc(j->state_len);
@@ -146,7 +144,7 @@ static ds4_status_t compute(prefill_t *pf, pjob_t *j)
                  j->state_len);
         goto out;
     }
-    st = ds4_seq_create(pf->model, &seq);
+    st = ds4_seq_create(pf->wm.model, &seq);
     if (st != DS4_OK) {
         snprintf(j->compute_msg, sizeof(j->compute_msg), "cannot create a sequence");
         goto out;
@@ -159,7 +157,7 @@ static ds4_status_t compute(prefill_t *pf, pjob_t *j)
         }
         size_t n = DS4_MIN((size_t)j->chunk, j->n - off);
         ds4_step_item_t it = {.seq = seq, .tokens = j->prompt + off, .n_tokens = (int32_t)n};
-        st = ds4_model_step(pf->model, &it, 1, NULL);
+        st = ds4_model_step(pf->wm.model, &it, 1, NULL);
         if (st != DS4_OK) {
             snprintf(j->compute_msg, sizeof(j->compute_msg), "engine step at token %zu: %s", off,
                      ds4_status_str(st));
@@ -170,7 +168,7 @@ static ds4_status_t compute(prefill_t *pf, pjob_t *j)
             break;
         /* Push the history rows completed so far (overlaps the next chunk's compute). */
         uint64_t want =
-            sizeof(ds4_seq_state_header_t) + ds4_kv_manifest_seq_bytes(pf->manifest, off);
+            sizeof(ds4_seq_state_header_t) + ds4_kv_manifest_seq_bytes(pf->wm.manifest, off);
         st = export_into(seq, &tmp, &tmp_cap, want);
         if (st != DS4_OK) {
             snprintf(j->compute_msg, sizeof(j->compute_msg), "export at %zu tokens: %s", off,
@@ -179,7 +177,7 @@ static ds4_status_t compute(prefill_t *pf, pjob_t *j)
         }
         uint64_t o = 0;
         for (uint32_t g = 0; g < ng && st == DS4_OK; g++) {
-            const ds4_kv_group_t *grp = ds4_kv_manifest_group(pf->manifest, g);
+            const ds4_kv_group_t *grp = ds4_kv_manifest_group(pf->wm.manifest, g);
             if (grp->tokens_per_row != 0) {
                 uint64_t rows = ds4_kv_group_rows(grp, off);
                 st = push_rows(pf, j, g, tmp, o, final_off[g], sent[g], rows);
@@ -200,7 +198,7 @@ static ds4_status_t compute(prefill_t *pf, pjob_t *j)
     j->t_exported_ns = ds4_clock_now_ns();
     memcpy(j->state, tmp, sizeof(ds4_seq_state_header_t));
     for (uint32_t g = 0; g < ng && st == DS4_OK; g++) {
-        const ds4_kv_group_t *grp = ds4_kv_manifest_group(pf->manifest, g);
+        const ds4_kv_group_t *grp = ds4_kv_manifest_group(pf->wm.manifest, g);
         st = push_rows(pf, j, g, tmp, final_off[g], final_off[g], sent[g],
                        ds4_kv_group_rows(grp, j->n));
         if (st == DS4_OK)
@@ -376,10 +374,10 @@ static void rpc_prefill(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
         return;
     }
     for (size_t i = 0; i < n; i++)
-        if (req->prompt->ids[i] >= (uint32_t)pf->cfg->vocab_size) {
+        if (req->prompt->ids[i] >= (uint32_t)pf->wm.cfg->vocab_size) {
             ds4_rpc_call_finish(call, DS4_RPC_INVALID_ARGUMENT,
                                 "prompt.ids: id %u at [%zu] outside the vocabulary of %d",
-                                req->prompt->ids[i], i, pf->cfg->vocab_size);
+                                req->prompt->ids[i], i, pf->wm.cfg->vocab_size);
             return;
         }
     if (req->kv_target.len == 0) {
@@ -486,7 +484,7 @@ static void rpc_stats(ds4_rpc_call_h call, const ProtobufCMessage *request, void
     info.incarnation = ds4_daemon_incarnation(pf->daemon);
     info.model = (char *)pf->opt.model_name;
     info.max_context = pf->opt.max_context;
-    info.vocab_size = (uint32_t)pf->cfg->vocab_size;
+    info.vocab_size = (uint32_t)pf->wm.cfg->vocab_size;
     fill_load(pf, &load);
     resp.info = &info;
     resp.load = &load;
@@ -655,23 +653,9 @@ int main(int argc, char **argv)
     if (lvl >= 0)
         ds4_log_set_level((ds4_log_level_t)lvl);
     rc = 1;
-    ds4_model_params_t mp = ds4_model_params_default();
-    mp.n_threads = (int)pf.opt.threads;
-    if (ds4_model_load(pf.opt.model, &mp, &pf.model, &diag) != DS4_OK) {
-        ds4_diag_log(&diag, "ds4-prefill: model");
+    if (ds4_worker_model_open("ds4-prefill", pf.opt.model, pf.opt.threads, &pf.opt.max_context,
+                              &pf.wm) != DS4_OK)
         goto out_opts;
-    }
-    pf.cfg = ds4_model_config(pf.model);
-    if (pf.opt.max_context == 0 || pf.opt.max_context > pf.cfg->max_position_embeddings)
-        pf.opt.max_context =
-            (uint32_t)DS4_MIN(pf.cfg->max_position_embeddings, (int64_t)UINT32_MAX);
-    if (ds4_kv_manifest_create(pf.cfg, &pf.manifest) != DS4_OK) {
-        ds4_log_error("ds4-prefill: cannot build the KV manifest");
-        goto out_model;
-    }
-    uint64_t dg = ds4_kv_manifest_digest(pf.manifest);
-    for (int i = 0; i < 8; i++)
-        pf.digest[i] = (uint8_t)(dg >> (8 * i));
 
     ds4_daemon_params_t dp = ds4_daemon_params_default();
     dp.name = "ds4-prefill";
@@ -689,7 +673,7 @@ int main(int argc, char **argv)
     };
     if (ds4_daemon_create(&dp, &pf.daemon) != DS4_OK) {
         ds4_log_error("ds4-prefill: cannot listen on %s", pf.opt.grpc_listen);
-        goto out_manifest;
+        goto out_model;
     }
     make_metrics(&pf);
     const ds4_rpc_method_t methods[] = {
@@ -706,7 +690,7 @@ int main(int argc, char **argv)
         if (ds4_rpc_server_add_method(ds4_daemon_rpc_server(pf.daemon), &methods[i]) != DS4_OK)
             goto out_daemon;
     ds4_xfer_params_t xp = ds4_xfer_params_default();
-    xp.manifest = pf.manifest;
+    xp.manifest = pf.wm.manifest;
     xp.refuse_tcp_only = pf.opt.refuse_tcp_only;
     xp.connect_timeout_ms = pf.opt.xfer_connect_timeout_ms;
     xp.preflight_bytes = pf.opt.xfer_preflight_bytes;
@@ -748,9 +732,9 @@ int main(int argc, char **argv)
     lp.model = pf.opt.model_name;
     lp.max_sequences = 1;
     lp.max_context = pf.opt.max_context;
-    lp.vocab_size = (uint32_t)pf.cfg->vocab_size;
-    lp.manifest_digest = pf.digest;
-    lp.manifest_digest_len = sizeof(pf.digest);
+    lp.vocab_size = (uint32_t)pf.wm.cfg->vocab_size;
+    lp.manifest_digest = pf.wm.digest;
+    lp.manifest_digest_len = sizeof(pf.wm.digest);
     lp.load_cb = link_load;
     lp.arg = &pf;
     if (ds4_router_link_create(pf.daemon, &lp, &pf.link) != DS4_OK)
@@ -764,10 +748,8 @@ out_xfer:
     ds4_xfer_destroy(pf.xfer);
 out_daemon:
     ds4_daemon_destroy(pf.daemon);
-out_manifest:
-    ds4_kv_manifest_destroy(pf.manifest);
 out_model:
-    ds4_model_free(pf.model);
+    ds4_worker_model_close(&pf.wm);
 out_opts:
     ds4_diag_free(&diag);
     ds4_opts_free(&os);
