@@ -15,52 +15,6 @@
 
 static const char REPLACEMENT[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
 
-enum utf8_kind { U8_VALID, U8_INVALID, U8_INCOMPLETE };
-
-/* Classifies the sequence starting at s[0] (n >= 1 bytes available). *len = bytes it spans. */
-static enum utf8_kind utf8_classify(const unsigned char *s, size_t n, size_t *len)
-{
-    unsigned char b = s[0];
-    if (b < 0x80) {
-        *len = 1;
-        return U8_VALID;
-    }
-    size_t need;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF) {
-        need = 1;
-    } else if (b >= 0xE0 && b <= 0xEF) {
-        need = 2;
-        if (b == 0xE0)
-            lo = 0xA0;
-        else if (b == 0xED)
-            hi = 0x9F;
-    } else if (b >= 0xF0 && b <= 0xF4) {
-        need = 3;
-        if (b == 0xF0)
-            lo = 0x90;
-        else if (b == 0xF4)
-            hi = 0x8F;
-    } else {
-        *len = 1;
-        return U8_INVALID;
-    }
-    for (size_t k = 1; k <= need; k++) {
-        if (k >= n) {
-            *len = k;
-            return U8_INCOMPLETE;
-        }
-        unsigned char c = s[k];
-        unsigned char l = k == 1 ? lo : 0x80, h = k == 1 ? hi : 0xBF;
-        if (c < l || c > h) {
-            *len = k;
-            return U8_INVALID;
-        }
-    }
-    *len = need + 1;
-    return U8_VALID;
-}
-
 typedef struct obuf {
     char *p;
     size_t n, cap;
@@ -102,17 +56,17 @@ static size_t lossy_append(obuf_t *o, const unsigned char *s, size_t n, bool hol
                 break;
         }
         size_t len;
-        enum utf8_kind k = utf8_classify(s + i, n - i, &len);
-        if (k == U8_VALID) {
+        ds4__utf8_kind_t k = ds4__utf8_classify(s + i, n - i, &len);
+        if (k == DS4__U8_VALID) {
             memcpy(o->p + o->n, s + i, len);
             o->n += len;
-        } else if (k == U8_INCOMPLETE && hold_tail) {
+        } else if (k == DS4__U8_INCOMPLETE && hold_tail) {
             o->p[o->n] = '\0';
             return n - i;
         } else {
             memcpy(o->p + o->n, REPLACEMENT, 3);
             o->n += 3;
-            if (k == U8_INCOMPLETE)
+            if (k == DS4__U8_INCOMPLETE)
                 len = n - i;
         }
         i += len;

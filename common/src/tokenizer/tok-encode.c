@@ -25,66 +25,6 @@ struct ds4_tok_cache_entry {
     uint16_t n_ids;
 };
 
-bool ds4_utf8_validate(const char *str, size_t len, size_t *bad_offset)
-{
-    const unsigned char *s = (const unsigned char *)str;
-    size_t i = 0;
-    while (i < len) {
-        /* ASCII fast path, 8 bytes at a time */
-        while (i + 8 <= len) {
-            uint64_t w;
-            memcpy(&w, s + i, 8);
-            if ((w & 0x8080808080808080ull) != 0)
-                break;
-            i += 8;
-        }
-        if (i >= len)
-            break;
-        unsigned char b = s[i];
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        size_t need;
-        unsigned char lo = 0x80, hi = 0xBF;
-        if (b >= 0xC2 && b <= 0xDF) {
-            need = 1;
-        } else if (b >= 0xE0 && b <= 0xEF) {
-            need = 2;
-            if (b == 0xE0)
-                lo = 0xA0;
-            else if (b == 0xED)
-                hi = 0x9F;
-        } else if (b >= 0xF0 && b <= 0xF4) {
-            need = 3;
-            if (b == 0xF0)
-                lo = 0x90;
-            else if (b == 0xF4)
-                hi = 0x8F;
-        } else {
-            if (bad_offset != NULL)
-                *bad_offset = i;
-            return false;
-        }
-        for (size_t k = 1; k <= need; k++) {
-            if (i + k >= len) {
-                if (bad_offset != NULL)
-                    *bad_offset = i;
-                return false;
-            }
-            unsigned char c = s[i + k];
-            unsigned char l = k == 1 ? lo : 0x80, h = k == 1 ? hi : 0xBF;
-            if (c < l || c > h) {
-                if (bad_offset != NULL)
-                    *bad_offset = i;
-                return false;
-            }
-        }
-        i += need + 1;
-    }
-    return true;
-}
-
 /* ---- scratch ---- */
 
 ds4_status_t ds4_tok_scratch_create(const ds4_tokenizer_h *tok, ds4_tok_scratch_h **out)

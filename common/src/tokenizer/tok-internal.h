@@ -168,5 +168,14 @@ void ds4__tok_trie_free(ds4_tok_trie_t *trie);
 bool ds4__tok_trie_longest(const ds4_tok_trie_t *trie, const char *s, size_t n, int32_t *id,
                            size_t *len);
 
-/* Appends the lossy UTF-8 decoding of bytes to out (see tok-decode.c). */
+/* UTF-8 sequence starting at s[0] (n >= 1 bytes available): valid, invalid (a maximal invalid
+ * subpart of *len bytes), or a valid prefix cut off by the end of the input. *len = bytes it
+ * spans. */
+typedef enum ds4__utf8_kind {
+    DS4__U8_VALID,
+    DS4__U8_INVALID,
+    DS4__U8_INCOMPLETE,
+} ds4__utf8_kind_t;
+ds4__utf8_kind_t ds4__utf8_classify(const unsigned char *s, size_t n, size_t *len);
+
 #endif /* DS4_TOK_INTERNAL_H */
