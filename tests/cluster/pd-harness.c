@@ -18,6 +18,7 @@
 
 #include "ds4.pb-c.h"
 #include "ds4/clock.h"
+#include "ds4/daemon.h"
 #include "ds4/json.h"
 #include "ds4/kv.h"
 #include "ds4/metrics.h"
@@ -37,22 +38,6 @@ const char *pdh_run_dir(void)
             snprintf(run_dir, sizeof(run_dir), "/tmp");
     }
     return run_dir;
-}
-
-static int read_port(const char *path, const char *key)
-{
-    json_t *root = NULL;
-    ds4_diag_t d;
-    ds4_diag_init(&d);
-    int port = -1;
-    if (access(path, R_OK) == 0 && ds4_json_load_file(path, 4096, &root, &d) == DS4_OK) {
-        json_t *v = json_object_get(root, key);
-        if (json_is_integer(v))
-            port = (int)json_integer_value(v);
-        json_decref(root);
-    }
-    ds4_diag_free(&d);
-    return port;
 }
 
 bool pdh_start(proc_t *p, const char *name, const char *exe_rel, const char *const *args)
@@ -94,8 +79,8 @@ bool pdh_start(proc_t *p, const char *name, const char *exe_rel, const char *con
         procs[n_procs++] = p;
     uint64_t end = ds4_clock_now_ms() + 10000;
     while (ds4_clock_now_ms() < end) {
-        p->grpc_port = read_port(p->ports, "grpc_port");
-        p->http_port = read_port(p->ports, "http_port");
+        p->grpc_port = ds4_daemon_read_port(p->ports, "grpc_port");
+        p->http_port = ds4_daemon_read_port(p->ports, "http_port");
         if (p->grpc_port > 0 && p->http_port > 0)
             return true;
         int st;

@@ -117,23 +117,6 @@ static pid_t spawn(const char *name, char *const argv[], const char *log_path)
     return pid;
 }
 
-/* Reads an integer field of a ports file; -1 until it exists and parses. */
-static int read_port(const char *path, const char *key)
-{
-    json_t *root = NULL;
-    ds4_diag_t d;
-    ds4_diag_init(&d);
-    int port = -1;
-    if (access(path, R_OK) == 0 && ds4_json_load_file(path, 4096, &root, &d) == DS4_OK) {
-        json_t *v = json_object_get(root, key);
-        if (json_is_integer(v))
-            port = (int)json_integer_value(v);
-        json_decref(root);
-    }
-    ds4_diag_free(&d);
-    return port;
-}
-
 /* GET http://127.0.0.1:port/path; returns the status code or -1. */
 static int http_get_status(int port, const char *path)
 {
@@ -250,10 +233,10 @@ static int run(opts_t *o, int ready_fd)
         return 1;
     int rport = -1, rhttp = -1;
     uint64_t end = ds4_clock_now_ms() + o->ready_timeout_ms;
-    while ((rport = read_port(path, "grpc_port")) < 0 && ds4_clock_now_ms() < end &&
+    while ((rport = ds4_daemon_read_port(path, "grpc_port")) < 0 && ds4_clock_now_ms() < end &&
            !stop_requested && child_alive(children[0].pid))
         ds4_clock_sleep_ms(20);
-    rhttp = read_port(path, "http_port");
+    rhttp = ds4_daemon_read_port(path, "http_port");
     if (rport < 0 || rhttp < 0) {
         fprintf(stderr, "ds4-cluster: the router did not start (see %s)\n", log);
         stop_all(o->stop_timeout_ms);

@@ -114,6 +114,10 @@ int ds4_daemon_grpc_port(ds4_daemon_h d);
 int ds4_daemon_http_port(ds4_daemon_h d);
 bool ds4_daemon_draining(ds4_daemon_h d);
 
+/* Reads integer field `key` ("grpc_port", "http_port", "pid") of a ports file written by
+ * ds4_daemon_start; -1 until the file exists and holds it (the launcher's poll). */
+int ds4_daemon_read_port(const char *ports_file, const char *key);
+
 /* Starts serving gRPC and HTTP, installs the signal handlers, writes the ports file. */
 ds4_status_t ds4_daemon_start(ds4_daemon_h d);
 /* Runs the loop until the daemon has stopped. Returns 0 after a clean stop. */

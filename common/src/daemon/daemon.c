@@ -11,6 +11,7 @@
 #include "ds4/alloc.h"
 #include "ds4/clock.h"
 #include "ds4/daemon.h"
+#include "ds4/json.h"
 #include "ds4/log.h"
 
 typedef enum { ST_CREATED, ST_RUNNING, ST_DRAINING, ST_STOPPING, ST_STOPPED } daemon_state_t;
@@ -249,6 +250,23 @@ static void http_handler(ds4_http_exchange_h ex, const ds4_http_request_t *req, 
         return;
     }
     ds4_http_respond(ex, 404, "text/plain", "not found\n", 10);
+}
+
+int ds4_daemon_read_port(const char *ports_file, const char *key)
+{
+    json_t *root = NULL;
+    ds4_diag_t d;
+    ds4_diag_init(&d);
+    int port = -1;
+    if (access(ports_file, R_OK) == 0 &&
+        ds4_json_load_file(ports_file, 4096, &root, &d) == DS4_OK) {
+        json_t *v = json_object_get(root, key);
+        if (json_is_integer(v))
+            port = (int)json_integer_value(v);
+        json_decref(root);
+    }
+    ds4_diag_free(&d);
+    return port;
 }
 
 static ds4_status_t write_ports_file(ds4_daemon_h d)
