@@ -176,6 +176,26 @@ uint64_t ds4_seq_export_bytes(ds4_seq_h s)
     return total;
 }
 
+/* Writes layer `layer`'s groups (window ring, compressed rows, index rows, tail) to p in the
+ * wire order; returns the bytes written (ds4_seq_layer_bytes' sum). */
+static uint64_t layer_export(ds4_seq_h s, int layer, uint8_t *p)
+{
+    const ds4_layer_state_t *ls = &s->ls[layer];
+    ds4_seq_layer_bytes_t b;
+    ds4_seq_layer_bytes(s, layer, &b);
+    memcpy(p, ls->ring, b.window);
+    p += b.window;
+    if (b.compressed > 0)
+        memcpy(p, ls->comp, b.compressed);
+    p += b.compressed;
+    if (b.index > 0)
+        memcpy(p, ls->idx, b.index);
+    p += b.index;
+    if (b.tail > 0)
+        memcpy(p, ls->tail, b.tail);
+    return b.window + b.compressed + b.index + b.tail;
+}
+
 ds4_status_t ds4_seq_export(ds4_seq_h s, void *buf, uint64_t cap, uint64_t *written)
 {
     ds4_model_h m = s->model;
@@ -195,22 +215,8 @@ ds4_status_t ds4_seq_export(ds4_seq_h s, void *buf, uint64_t cap, uint64_t *writ
                                 .index_row_bytes = m->index_row_bytes};
     memcpy(p, &h, sizeof(h));
     p += sizeof(h);
-    for (int i = 0; i < m->n_total; i++) {
-        const ds4_layer_state_t *ls = &s->ls[i];
-        ds4_seq_layer_bytes_t b;
-        ds4_seq_layer_bytes(s, i, &b);
-        memcpy(p, ls->ring, b.window);
-        p += b.window;
-        if (b.compressed > 0)
-            memcpy(p, ls->comp, b.compressed);
-        p += b.compressed;
-        if (b.index > 0)
-            memcpy(p, ls->idx, b.index);
-        p += b.index;
-        if (b.tail > 0)
-            memcpy(p, ls->tail, b.tail);
-        p += b.tail;
-    }
+    for (int i = 0; i < m->n_total; i++)
+        p += layer_export(s, i, p);
     *written = need;
     return DS4_OK;
 }
@@ -220,24 +226,12 @@ ds4_status_t ds4_seq_export_layer(ds4_seq_h s, int layer, void *buf, uint64_t ca
 {
     if (layer < 0 || layer >= s->model->n_total)
         return DS4_ERR_INVALID_ARG;
-    const ds4_layer_state_t *ls = &s->ls[layer];
     ds4_seq_layer_bytes_t b;
     ds4_seq_layer_bytes(s, layer, &b);
     uint64_t need = b.window + b.compressed + b.index + b.tail;
     if (cap < need)
         return DS4_ERR_OUT_OF_RANGE;
-    uint8_t *p = buf;
-    memcpy(p, ls->ring, b.window);
-    p += b.window;
-    if (b.compressed > 0)
-        memcpy(p, ls->comp, b.compressed);
-    p += b.compressed;
-    if (b.index > 0)
-        memcpy(p, ls->idx, b.index);
-    p += b.index;
-    if (b.tail > 0)
-        memcpy(p, ls->tail, b.tail);
-    *written = need;
+    *written = layer_export(s, layer, buf);
     return DS4_OK;
 }
 
