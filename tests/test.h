@@ -80,4 +80,28 @@ static inline const char *ds4_test_fixture(const char *rel)
     return buf;
 }
 
+/* Reads a whole file into a malloc'd buffer (free with free/ds4_free), NUL-terminated for
+ * text; *len = its size (may be NULL). NULL when it cannot be opened or read. */
+static inline void *ds4_test_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    char *buf = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0)
+        buf = malloc((size_t)n + 1);
+    if (buf != NULL && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (buf == NULL)
+        return NULL;
+    buf[n] = '\0';
+    if (len != NULL)
+        *len = (size_t)n;
+    return buf;
+}
+
 #endif /* DS4_TEST_H */

@@ -8,26 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* Reads a whole binary file; *n_bytes set. NULL when missing. */
-static inline void *golden_read(const char *path, size_t *n_bytes)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *buf = ds4_malloc(len > 0 ? (size_t)len : 1);
-    if (buf != NULL && fread(buf, 1, (size_t)len, f) != (size_t)len) {
-        ds4_free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (n_bytes != NULL)
-        *n_bytes = (size_t)len;
-    return buf;
-}
-
 static inline double golden_corr(const float *a, const float *b, size_t n)
 {
     double ma = 0, mb = 0;

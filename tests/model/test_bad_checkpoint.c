@@ -20,24 +20,6 @@ static char g_dir[64];
 static const char *k_shard1 = "model-00001-of-00002.safetensors";
 static const char *k_shard2 = "model-00002-of-00002.safetensors";
 
-static void *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *b = ds4_malloc((size_t)n + 1);
-    if (fread(b, 1, (size_t)n, f) != (size_t)n) {
-        ds4_free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
 static void spit(const char *path, const void *b, size_t n)
 {
     FILE *f = fopen(path, "wb");
@@ -181,7 +163,7 @@ int main(void)
     for (int i = 0; i < 3; i++) {
         char p[256];
         path_of(p, sizeof(p), names[i]);
-        g_orig[i] = slurp(p, &g_orig_len[i]);
+        g_orig[i] = ds4_test_read_file(p, &g_orig_len[i]);
         if (g_orig[i] == NULL)
             return 1;
     }

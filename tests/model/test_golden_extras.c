@@ -95,7 +95,7 @@ static void test_layer_streams(void)
         snprintf(path, sizeof(path), "%s/extras/layer%02d_out_streams_at_positions.bin",
                  ds4_test_fixture("tiny-a"), l);
         size_t nb;
-        float *ref = golden_read(path, &nb);
+        float *ref = ds4_test_read_file(path, &nb);
         DS4_CHECK(ref != NULL && nb == N_POS * row * sizeof(float));
         if (ref == NULL)
             continue;
@@ -127,7 +127,7 @@ static void test_final_streams(void)
     size_t row = (size_t)g_cap.hc * g_cap.d;
     char path[8192];
     snprintf(path, sizeof(path), "%s/extras/final_hidden_streams.bin", ds4_test_fixture("tiny-a"));
-    float *ref = golden_read(path, NULL);
+    float *ref = ds4_test_read_file(path, NULL);
     DS4_CHECK(ref != NULL);
     if (ref == NULL)
         return;
@@ -170,7 +170,7 @@ static void test_csa_selection(void)
         snprintf(path, sizeof(path), "%s/extras/layer%02d_indexer_topk.i32",
                  ds4_test_fixture("tiny-a"), l);
         size_t nb;
-        int32_t *ref = golden_read(path, &nb);
+        int32_t *ref = ds4_test_read_file(path, &nb);
         DS4_CHECK(ref != NULL && nb == (size_t)g_n * c->index_topk * 4);
         if (ref == NULL)
             continue;
@@ -213,7 +213,7 @@ static void test_prompt_logits(void)
         char path[8192];
         snprintf(path, sizeof(path), "%s/extras/logits_pos%04d.bin", ds4_test_fixture("tiny-a"),
                  k_pos[i]);
-        float *ref = golden_read(path, NULL);
+        float *ref = ds4_test_read_file(path, NULL);
         DS4_CHECK(ref != NULL);
         if (ref == NULL)
             continue;
@@ -232,9 +232,9 @@ static void test_mtp(void)
     size_t V = (size_t)c->vocab_size, row = (size_t)c->hc_mult * c->hidden_size;
     char path[8192];
     snprintf(path, sizeof(path), "%s/extras/final_hidden_streams.bin", ds4_test_fixture("tiny-a"));
-    float *streams = golden_read(path, NULL);
+    float *streams = ds4_test_read_file(path, NULL);
     snprintf(path, sizeof(path), "%s/extras/mtp_prefill_last.bin", ds4_test_fixture("tiny-a"));
-    float *ref = golden_read(path, NULL);
+    float *ref = ds4_test_read_file(path, NULL);
     DS4_CHECK(streams != NULL && ref != NULL);
     if (streams == NULL || ref == NULL)
         return;

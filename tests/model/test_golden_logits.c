@@ -86,7 +86,7 @@ static void compare(const char *scen, const float *ours, int steps, double *medi
         snprintf(path, sizeof(path), "%s/logits/%s_step%02d.bin", ds4_test_fixture("tiny-a"),
                  scen, s);
         size_t nb;
-        float *ref = golden_read(path, &nb);
+        float *ref = ds4_test_read_file(path, &nb);
         DS4_CHECK(ref != NULL && nb == (size_t)g_V * 4);
         if (ref == NULL) {
             mx[s] = INFINITY;

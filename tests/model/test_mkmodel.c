@@ -35,7 +35,7 @@ static void test_deterministic_and_complete(void)
     snprintf(pb, sizeof(pb), "%s/model.safetensors", b);
     snprintf(pc, sizeof(pc), "%s/model.safetensors", c);
     size_t na, nb, nc;
-    void *fa = golden_read(pa, &na), *fb = golden_read(pb, &nb), *fc = golden_read(pc, &nc);
+    void *fa = ds4_test_read_file(pa, &na), *fb = ds4_test_read_file(pb, &nb), *fc = ds4_test_read_file(pc, &nc);
     DS4_CHECK(fa && fb && fc && na == nb && na == nc);
     DS4_CHECK(memcmp(fa, fb, na) == 0);
     DS4_CHECK(memcmp(fa, fc, na) != 0);

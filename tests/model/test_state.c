@@ -48,11 +48,6 @@ static void continue_seq(ds4_model_h m, ds4_seq_h s, float *out)
     }
 }
 
-static void *read_file(const char *path, size_t *len)
-{
-    return golden_read(path, len);
-}
-
 /* Child: fresh engine, import the state file, continue, write logits. */
 static int child_main(const char *state_path, const char *out_path)
 {
@@ -61,7 +56,7 @@ static int child_main(const char *state_path, const char *out_path)
     if (ds4_model_load(ds4_test_fixture("tiny-a"), NULL, &m, NULL) != DS4_OK)
         return 2;
     size_t len;
-    void *buf = read_file(state_path, &len);
+    void *buf = ds4_test_read_file(state_path, &len);
     ds4_seq_h s;
     if (buf == NULL || ds4_seq_import(m, buf, len, &s) != DS4_OK)
         return 3;
@@ -112,7 +107,7 @@ static void test_export_import_other_process(void)
     waitpid(pid, &status, 0);
     DS4_CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
     size_t len = 0;
-    float *got = read_file(out_path, &len);
+    float *got = ds4_test_read_file(out_path, &len);
     DS4_CHECK(got != NULL && len == (size_t)(N_CONT - 36) * V * sizeof(float));
     if (got != NULL && len == (size_t)(N_CONT - 36) * V * sizeof(float)) {
         int same = memcmp(got, ref, len) == 0;

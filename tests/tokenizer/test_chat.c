@@ -9,23 +9,6 @@
 #include "ds4/chat.h"
 #include "ds4/json.h"
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = ds4_malloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n)
-        n = 0;
-    buf[n] = '\0';
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
 static void check_rows(const char *fixture, size_t want_enc, size_t want_parse)
 {
     json_t *rows = tok_test_read_jsonl(ds4_test_fixture(fixture));
@@ -110,7 +93,7 @@ static char *official_case(int k)
     }
     snprintf(path, sizeof(path), "chat-encoding/test_output_%d.txt", k);
     size_t glen = 0;
-    char *gold = read_file(ds4_test_fixture(path), &glen);
+    char *gold = ds4_test_read_file(ds4_test_fixture(path), &glen);
     DS4_CHECK(gold != NULL);
     ds4_chat_params_t p = ds4_chat_params_default();
     p.mode = DS4_CHAT_MODE_THINKING;
