@@ -62,7 +62,7 @@ static inline float ds4_f16_to_f32(uint16_t h)
     uint32_t exp = (h >> 10) & 0x1fu;
     uint32_t man = h & 0x3ffu;
     if (exp == 0) {
-        float v = ldexpf((float)man, -24);
+        float v = (float)man * 0x1p-24f; /* exact: man < 2^10 */
         return sign ? -v : v;
     }
     if (exp == 31)
@@ -75,23 +75,23 @@ static inline float ds4_e8m0_to_f32(uint8_t e)
     if (e == 0xff)
         return NAN;
     if (e == 0)
-        return ldexpf(1.0f, -127);
+        return 0x1p-127f;
     return ds4_bits_to_f32((uint32_t)e << 23);
 }
 
 static inline float ds4_e4m3_to_f32(uint8_t b)
 {
-    uint32_t sign = b >> 7;
+    uint32_t sign = (uint32_t)(b >> 7) << 31;
     uint32_t exp = (b >> 3) & 0xfu;
     uint32_t man = b & 0x7u;
-    float v;
     if (exp == 0xf && man == 0x7)
         return NAN;
-    if (exp == 0)
-        v = ldexpf((float)man, -9); /* subnormal: man/8 * 2^-6 */
-    else
-        v = ldexpf(1.0f + (float)man / 8.0f, (int)exp - 7);
-    return sign ? -v : v;
+    if (exp == 0) {
+        float v = (float)man * 0x1p-9f; /* subnormal: man/8 * 2^-6, exact */
+        return sign ? -v : v;
+    }
+    /* normal: rebias 7 -> 127, mantissa 3 -> 23 bits (bit construction, no libm) */
+    return ds4_bits_to_f32(sign | ((exp + 120u) << 23) | (man << 20));
 }
 
 /* f32 -> e4m3fn, round to nearest even, saturating to +-448. */
@@ -103,7 +103,7 @@ static inline uint8_t ds4_f32_to_e4m3(float f)
         return 0x7f;
     if (a >= 448.0f)
         return sign | 0x7e;
-    if (a < ldexpf(1.0f, -6)) {
+    if (a < 0x1p-6f) {
         /* subnormal grid step 2^-9: codes 0..7 (8 = smallest normal 2^-6) */
         float q = nearbyintf(a * 512.0f); /* default rounding mode: nearest even */
         return sign | (uint8_t)q;
