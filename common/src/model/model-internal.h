@@ -117,6 +117,15 @@ void ds4__index_row_encode(const ds4_model_config_t *c, float *vals, uint8_t *ro
 void ds4__index_row_decode(const ds4_model_config_t *c, const uint8_t *row, float *vals);
 
 /* ---- attn.c ---- */
+/* Runs the compressor of layer L (indexer: the CSA index compressor) over chunk rows x[T]
+ * at positions p0.., appending finished compressed rows to the sequence state. */
+ds4_status_t ds4__compressor_run(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L,
+                                 bool indexer, const float *x, int64_t T, int64_t p0);
+/* CSA lightning indexer for chunk rows x[T] (qr: the q low-rank rows): sel[T][index_topk]
+ * receives each row's selected compressed entries, n_sel[T] how many are valid. */
+ds4_status_t ds4__indexer_run(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L,
+                              const float *x, const float *qr, int64_t T, int64_t p0,
+                              int32_t *sel, int32_t *n_sel);
 ds4_status_t ds4__attention(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, const float *x,
                             int64_t T, int64_t p0, float *out, const ds4_step_hooks_t *hooks);
 
