@@ -65,10 +65,12 @@ static int ds4_test_passed;
         }                                                                                \
     } while (0)
 
+/* Fails on a failed DS4_RUN and on any failed check made outside one (straight-line tests). */
 static inline int ds4_test_finish(void)
 {
-    printf("%d passed, %d failed\n", ds4_test_passed, ds4_test_failed);
-    return ds4_test_failed == 0 ? 0 : 1;
+    printf("%d passed, %d failed (%d failed checks)\n", ds4_test_passed, ds4_test_failed,
+           ds4_test_checks_failed);
+    return ds4_test_failed == 0 && ds4_test_checks_failed == 0 ? 0 : 1;
 }
 
 /* Path of a file under tests/fixtures (DS4_FIXTURES, set by ctest). Static buffer. */

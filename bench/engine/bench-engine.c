@@ -4,7 +4,10 @@
  *   decode tokens/s at batch 1 / 8 / 32,
  *   FP8-weight GEMM (act quant + per-tile dequant + sgemm) vs OpenBLAS sgemm on fp32 weights of
  *   the same shapes,
- *   optional --long N: an N-token prefill with wall time, peak RSS and the KV bytes it holds.
+ *   optional --long N: an N-token prefill with wall time, peak RSS and the KV bytes it holds,
+ *   then 8 greedy tokens. Its prompt is tests/cluster/test_pd_long.c's (id 0, then the LCG
+ *   below from seed 1), so the printed tokens are the single-process reference of that test
+ *   (DS4_PD_LONG_EXPECT).
  *
  *   bench-engine [--model DIR] [--threads N] [--long N] [--quick]
  */
@@ -32,10 +35,21 @@ static int32_t *make_tokens(int n, int V, uint64_t seed)
     return t;
 }
 
-static double prefill(ds4_model_h m, int n, ds4_seq_h *keep)
+/* The prompt of tests/cluster/test_pd_long.c: make_tokens from seed 1 with id 0 first. */
+static int32_t *make_long_prompt(int n, int V)
+{
+    int32_t *t = make_tokens(n, V, 1);
+    if (t != NULL && n > 0)
+        t[0] = 0;
+    return t;
+}
+
+/* Prefills n tokens in 2048-token chunks; with `keep` the sequence is kept and the last
+ * position's logits are written to *keep_logits (vocab floats, ds4_free). */
+static double prefill(ds4_model_h m, int n, ds4_seq_h *keep, float **keep_logits)
 {
     int V = ds4_model_config(m)->vocab_size;
-    int32_t *t = make_tokens(n, V, (uint64_t)n);
+    int32_t *t = keep != NULL ? make_long_prompt(n, V) : make_tokens(n, V, (uint64_t)n);
     float *logits = ds4_malloc_array((size_t)V, sizeof(float));
     ds4_seq_h s;
     ds4_seq_create(m, &s);
@@ -50,10 +64,13 @@ static double prefill(ds4_model_h m, int n, ds4_seq_h *keep)
         }
     }
     double dt = ds4_clock_now_s() - t0;
-    if (keep != NULL)
+    if (keep != NULL) {
         *keep = s;
-    else
+        *keep_logits = logits;
+        logits = NULL;
+    } else {
         ds4_seq_destroy(s);
+    }
     ds4_free(t);
     ds4_free(logits);
     return dt;
@@ -86,6 +103,26 @@ static double decode(ds4_model_h m, int batch, int steps, int ctx)
     ds4_free(logits);
     ds4_free(tok);
     return (double)batch * steps / dt;
+}
+
+/* n greedy tokens after a prefill (argmax, ties to the lowest id: ds4/sampling.h greedy). */
+static void long_greedy(ds4_model_h m, ds4_seq_h s, float *logits, int n)
+{
+    int V = ds4_model_config(m)->vocab_size;
+    printf("long greedy tokens (DS4_PD_LONG_EXPECT):");
+    double t0 = ds4_clock_now_s();
+    for (int i = 0; i < n; i++) {
+        int32_t best = 0;
+        for (int32_t v = 1; v < V; v++)
+            best = logits[v] > logits[best] ? v : best;
+        printf("%s%d", i ? "," : " ", best);
+        ds4_step_item_t it = {.seq = s, .tokens = &best, .n_tokens = 1, .logits = logits};
+        if (i + 1 < n && ds4_model_step(m, &it, 1, NULL) != DS4_OK) {
+            fprintf(stderr, "decode step failed\n");
+            exit(1);
+        }
+    }
+    printf("\n%d decode steps at the long context: %.2f s\n", n - 1, ds4_clock_now_s() - t0);
 }
 
 static void gemm_bench(int threads)
@@ -179,7 +216,7 @@ int main(int argc, char **argv)
     int sizes[] = {1024, 8192, 32768};
     int n_sizes = quick ? 1 : 3;
     for (int i = 0; i < n_sizes; i++) {
-        double dt = prefill(m, sizes[i], NULL);
+        double dt = prefill(m, sizes[i], NULL, NULL);
         printf("| %d | %.2f | %.0f |\n", sizes[i], dt, sizes[i] / dt);
         fflush(stdout);
     }
@@ -193,12 +230,16 @@ int main(int argc, char **argv)
     gemm_bench(threads);
     if (long_n > 0) {
         ds4_seq_h s;
-        double dt = prefill(m, (int)long_n, &s);
+        float *logits;
+        double dt = prefill(m, (int)long_n, &s, &logits);
         uint64_t kv = ds4_seq_export_bytes(s);
         printf("\nlong prefill %lld tokens: %.1f s (%.0f tokens/s), peak RSS %.1f MiB, KV state "
                "%.1f MiB (%.1f B/token)\n",
                long_n, dt, (double)long_n / dt, peak_rss_kb() / 1024.0, kv / 1048576.0,
                (double)kv / (double)long_n);
+        fflush(stdout);
+        long_greedy(m, s, logits, 8);
+        ds4_free(logits);
         ds4_seq_destroy(s);
     }
     ds4_model_free(m);
