@@ -17,7 +17,9 @@ struct request {
     request_t *prev, *next;
     uint64_t id;
     char *client_id;
-    ds4_rpc_call_h call; /* the client's Generate; NULL once finished */
+    const router_sink_ops_t *sink; /* where the output goes (gRPC stream or HTTP exchange) */
+    void *out;                     /* the sink's argument; NULL once finished */
+    uint64_t client_deadline_at_ms; /* the client's own deadline (UINT64_MAX: none) */
     prepared_t prep;
     bool return_text, in_reasoning;
     ds4_detok_h *detok;
@@ -29,7 +31,7 @@ struct request {
     uint32_t n_completion, n_reasoning;
     bool finished_event, completed;
     Ds4__V1__FinishReason finish_reason;
-    /* stop strings (borrowed from the client's request, alive while `call` is) */
+    /* stop strings (borrowed from the client's request, alive while `out` is) */
     char **stops;
     size_t n_stops, max_stop_len;
     char *text; /* generated text so far (only with stop strings) */
@@ -55,7 +57,7 @@ static void timer_closed(uv_handle_t *h)
 
 static void req_maybe_free(request_t *r)
 {
-    if (r->call != NULL || r->reserve != NULL || r->prefill != NULL || r->timer_open ||
+    if (r->out != NULL || r->reserve != NULL || r->prefill != NULL || r->timer_open ||
         r->stale != 0)
         return;
     router_t *rt = r->rt;
@@ -136,7 +138,7 @@ __attribute__((format(printf, 3, 4))) static void req_end(request_t *r, ds4_rpc_
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    if (r->call != NULL) {
+    if (r->out != NULL) {
         const char *kind[] = {code_kind(code)};
         ds4_series_add(ds4_metric_series(rt->m_requests, kind), 1);
         if (code != DS4_RPC_OK) {
@@ -144,8 +146,9 @@ __attribute__((format(printf, 3, 4))) static void req_end(request_t *r, ds4_rpc_
             ds4_log_info("router: request %" PRIu64 " ended %s: %s", r->id, ds4_rpc_code_name(code),
                          msg);
         }
-        ds4_rpc_call_finish(r->call, code, "%s", msg);
-        r->call = NULL;
+        void *out = r->out;
+        r->out = NULL;
+        r->sink->finish(out, code, msg);
     }
     if (!r->completed) {
         /* Work may still be held on the workers: cancel the streams and release both. */
@@ -178,7 +181,7 @@ __attribute__((format(printf, 3, 4))) static void req_end(request_t *r, ds4_rpc_
 static bool maybe_retry(request_t *r, ds4_rpc_code_t code, bool prefill_failed, const char *why)
 {
     router_t *rt = r->rt;
-    if (r->call == NULL || r->n_completion > 0 || r->attempts >= 2 ||
+    if (r->out == NULL || r->n_completion > 0 || r->attempts >= 2 ||
         (code != DS4_RPC_UNAVAILABLE && code != DS4_RPC_ABORTED &&
          code != DS4_RPC_RESOURCE_EXHAUSTED && code != DS4_RPC_DEADLINE_EXCEEDED) ||
         ds4_clock_now_ms() + 200 > r->deadline_at_ms)
@@ -306,6 +309,9 @@ static void relay_token(request_t *r, uint32_t id, const Ds4__V1__TokenLogprob *
             if (at >= 0) {
                 end = (size_t)at;
                 stopped = true;
+            } else if (r->in_reasoning && (int32_t)id == rt->think_end_id) {
+                /* the reasoning ends: its held-back text goes out on the reasoning channel */
+                end = r->text_len;
             } else {
                 /* hold back what could still begin a stop string (whole code points only) */
                 end = r->text_len > r->max_stop_len - 1 ? r->text_len - (r->max_stop_len - 1) : 0;
@@ -334,7 +340,7 @@ static void relay_token(request_t *r, uint32_t id, const Ds4__V1__TokenLogprob *
         fill_usage(r, &usage);
         resp.usage = &usage;
     }
-    ds4_rpc_call_send(r->call, &resp.base);
+    r->sink->send(r->out, &resp);
     ds4_free(owned);
     ds4_series_observe(rt->m_relay, (double)(ds4_clock_now_ns() - now) / 1e9);
     if (stopped) {
@@ -356,19 +362,19 @@ static void prefill_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const 
         return;
     }
     r->prefill = NULL;
-    if (code != DS4_RPC_OK && r->call != NULL) {
+    if (code != DS4_RPC_OK && r->out != NULL) {
         ds4_worker_t *w = r->pw;
         char name[128];
         snprintf(name, sizeof(name), "%s", w != NULL ? w->id : "?");
         char why[700];
         snprintf(why, sizeof(why), "prefill worker %s: %s", name, message);
         bool retried = maybe_retry(r, code, true, why);
-        if (code == DS4_RPC_UNAVAILABLE && w != NULL && (retried || r->call != NULL)) {
+        if (code == DS4_RPC_UNAVAILABLE && w != NULL && (retried || r->out != NULL)) {
             /* The worker is unreachable: it is dead to this router until it registers again. */
             if (ds4_registry_find(&rt->registry, name) == w)
                 ds4_registry_remove(&rt->registry, w, "prefill call failed: unavailable");
         }
-        if (!retried && r->call != NULL)
+        if (!retried && r->out != NULL)
             req_end(r, code == DS4_RPC_CANCELLED ? DS4_RPC_ABORTED : code, "%s", why);
     }
     req_maybe_free(r);
@@ -404,7 +410,10 @@ static void start_prefill(request_t *r, const ProtobufCBinaryData *blob)
     pr.prompt = &prompt;
     pr.n_tokens = n_pre;
     pr.kv_target = *blob;
-    uint64_t left = ds4_rpc_call_deadline_left_ms(r->call);
+    uint64_t now_ms = ds4_clock_now_ms();
+    uint64_t left = r->client_deadline_at_ms == UINT64_MAX ? UINT64_MAX
+                    : r->client_deadline_at_ms > now_ms    ? r->client_deadline_at_ms - now_ms
+                                                           : 1;
     pr.deadline_ms = left == UINT64_MAX ? 0 : (uint32_t)DS4_MIN(left, (uint64_t)UINT32_MAX);
     ds4_rpc_call_params_t cp = {
         .method = "/ds4.worker.v1.Worker/Prefill",
@@ -427,7 +436,7 @@ static void on_reserve_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, vo
 {
     request_t *r = arg;
     Ds4__Worker__V1__ReserveEvent *ev = (void *)msg;
-    if (r->call == NULL || call != r->reserve) {
+    if (r->out == NULL || call != r->reserve) {
         protobuf_c_message_free_unpacked(msg, NULL);
         return;
     }
@@ -437,7 +446,7 @@ static void on_reserve_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, vo
             start_prefill(r, &ev->target->blob);
         break;
     case DS4__WORKER__V1__RESERVE_EVENT__EVENT_TOKENS:
-        for (size_t i = 0; i < ev->tokens->n_token_ids && r->call != NULL; i++)
+        for (size_t i = 0; i < ev->tokens->n_token_ids && r->out != NULL; i++)
             relay_token(r, ev->tokens->token_ids[i],
                         i < ev->tokens->n_logprobs ? ev->tokens->logprobs[i] : NULL,
                         ev->tokens->sampled_mono_ns);
@@ -477,7 +486,7 @@ static void on_reserve_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, vo
         }
         fill_usage(r, &usage);
         resp.usage = &usage;
-        ds4_rpc_call_send(r->call, &resp.base);
+        r->sink->send(r->out, &resp);
         ds4_free(owned);
         ds4_series_add(r->rt->m_prompt_tokens, (double)r->prep.n_ids);
         ds4_series_add(r->rt->m_completion_tokens, (double)r->n_completion);
@@ -499,7 +508,7 @@ static void reserve_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const 
         return;
     }
     r->reserve = NULL;
-    if (r->call != NULL) {
+    if (r->out != NULL) {
         if (code == DS4_RPC_OK && r->finished_event) {
             r->completed = true; /* decode released its KV when it finished */
             req_end(r, DS4_RPC_OK, "%s", "");
@@ -517,7 +526,7 @@ static void reserve_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const 
                 ds4_series_add(rt->m_worker_deaths, 1);
                 ds4_registry_remove(&rt->registry, w, "decode stream failed: unavailable");
             }
-            if (!retried && r->call != NULL)
+            if (!retried && r->out != NULL)
                 req_end(r, code == DS4_RPC_CANCELLED ? DS4_RPC_ABORTED : code, "%s", why);
         }
     }
@@ -527,7 +536,7 @@ static void reserve_done(ds4_rpc_client_call_h call, ds4_rpc_code_t code, const 
 static request_t *find_client_id(router_t *rt, const char *id)
 {
     for (request_t *r = rt->requests; r != NULL; r = r->next)
-        if (r->call != NULL && strcmp(r->client_id, id) == 0)
+        if (r->out != NULL && strcmp(r->client_id, id) == 0)
             return r;
     return NULL;
 }
@@ -610,44 +619,34 @@ static bool start_attempt(request_t *r, const char *exclude_decode, const char *
     return true;
 }
 
-void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
+void router_count_rejected(router_t *rt, ds4_rpc_code_t code)
 {
-    router_t *rt = arg;
-    const Ds4__V1__GenerateRequest *req = (const void *)request;
-    uint64_t t0 = ds4_clock_now_ns();
+    const char *kind[] = {code_kind(code)};
+    ds4_series_add(ds4_metric_series(rt->m_requests, kind), 1);
+    ds4_series_add(ds4_metric_series(rt->m_errors, kind), 1);
+}
+
+ds4_rpc_code_t router_submit(router_t *rt, const router_submit_t *sub, request_t **out, char *msg,
+                             size_t msg_len)
+{
+    const Ds4__V1__GenerateRequest *req = sub->req;
     if (rt->draining) {
-        ds4_rpc_call_finish(call, DS4_RPC_UNAVAILABLE, "router is draining");
-        return;
-    }
-    char msg[1024];
-    prepared_t prep = {0};
-    ds4_rpc_code_t code = router_prepare(rt, req, &prep, msg, sizeof(msg));
-    if (code != DS4_RPC_OK) {
-        const char *kind[] = {code_kind(code)};
-        ds4_series_add(ds4_metric_series(rt->m_requests, kind), 1);
-        ds4_series_add(ds4_metric_series(rt->m_errors, kind), 1);
-        ds4_rpc_call_finish(call, code, "%s", msg);
-        return;
+        snprintf(msg, msg_len, "router is draining");
+        return DS4_RPC_UNAVAILABLE;
     }
     if (req->request_id[0] != '\0' && find_client_id(rt, req->request_id) != NULL) {
-        ds4_free(prep.ids);
-        ds4_rpc_call_finish(call, DS4_RPC_INVALID_ARGUMENT, "request_id: \"%s\" is already in use",
-                            req->request_id);
-        return;
+        snprintf(msg, msg_len, "request_id: \"%s\" is already in use", req->request_id);
+        return DS4_RPC_INVALID_ARGUMENT;
     }
-
     request_t *r = ds4_calloc(1, sizeof(*r));
     if (r == NULL) {
-        ds4_free(prep.ids);
-        ds4_rpc_call_finish(call, DS4_RPC_RESOURCE_EXHAUSTED, "out of memory");
-        return;
+        snprintf(msg, msg_len, "out of memory");
+        return DS4_RPC_RESOURCE_EXHAUSTED;
     }
     r->rt = rt;
     r->id = ++rt->next_request_id;
-    r->call = call;
-    r->prep = prep;
-    r->t0_ns = t0;
-    r->in_reasoning = prep.thinking;
+    r->t0_ns = sub->t0_ns != 0 ? sub->t0_ns : ds4_clock_now_ns();
+    r->in_reasoning = sub->prep->thinking;
     r->return_text = req->return_text;
     r->sampling = req->sampling;
     if (req->request_id[0] != '\0') {
@@ -663,24 +662,29 @@ void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void 
     for (size_t i = 0; i < r->n_stops; i++)
         r->max_stop_len = DS4_MAX(r->max_stop_len, strlen(r->stops[i]));
     bool need_text = r->return_text || r->n_stops > 0;
-    if (r->client_id == NULL ||
-        (need_text && ds4_detok_create(rt->tok, &(ds4_detok_params_t){0}, &r->detok) != DS4_OK)) {
+    ds4_detok_params_t dtp = ds4_detok_params_default();
+    dtp.skip_special_tokens = sub->skip_special_tokens;
+    if (r->client_id == NULL || (need_text && ds4_detok_create(rt->tok, &dtp, &r->detok) != DS4_OK)) {
         ds4_free(r->client_id);
-        ds4_free(prep.ids);
         ds4_free(r);
-        ds4_rpc_call_finish(call, DS4_RPC_RESOURCE_EXHAUSTED, "out of memory");
-        return;
+        snprintf(msg, msg_len, "out of memory");
+        return DS4_RPC_RESOURCE_EXHAUSTED;
     }
+    /* from here the request owns the prompt */
+    r->prep = *sub->prep;
+    *sub->prep = (prepared_t){0};
+    r->sink = sub->sink;
+    r->out = sub->sink_arg;
     r->next = rt->requests;
     if (rt->requests != NULL)
         rt->requests->prev = r;
     rt->requests = r;
     rt->n_requests++;
     ds4_series_set(rt->m_running, (double)rt->n_requests);
-    ds4_rpc_call_on_cancel(call, on_client_cancel, r);
 
-    /* The request's own deadline: the tighter of the gRPC deadline and deadline_ms. */
-    uint64_t left = ds4_rpc_call_deadline_left_ms(call);
+    /* The request's own deadline: the tighter of the client's deadline and deadline_ms. */
+    uint64_t left = sub->client_deadline_ms;
+    r->client_deadline_at_ms = left == UINT64_MAX ? UINT64_MAX : ds4_clock_now_ms() + left;
     uint64_t budget = req->deadline_ms != 0 ? req->deadline_ms : UINT64_MAX;
     budget = DS4_MIN(budget, left);
     if (budget == UINT64_MAX)
@@ -690,7 +694,66 @@ void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void 
     r->timer.data = r;
     r->timer_open = true;
     uv_timer_start(&r->timer, on_deadline, budget, 0);
+    *out = r;
     start_attempt(r, NULL, NULL);
+    return DS4_RPC_OK;
+}
+
+void router_request_cancel(request_t *r, const char *why)
+{
+    if (r->out != NULL)
+        req_end(r, DS4_RPC_CANCELLED, "%s", why);
+}
+
+/* ---- the gRPC Generate sink ---- */
+
+static void grpc_send(void *arg, const Ds4__V1__GenerateResponse *resp)
+{
+    ds4_rpc_call_send(arg, &resp->base);
+}
+
+static void grpc_finish(void *arg, ds4_rpc_code_t code, const char *msg)
+{
+    ds4_rpc_call_finish(arg, code, "%s", msg);
+}
+
+static const router_sink_ops_t grpc_sink = {.send = grpc_send, .finish = grpc_finish};
+
+void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
+{
+    router_t *rt = arg;
+    const Ds4__V1__GenerateRequest *req = (const void *)request;
+    uint64_t t0 = ds4_clock_now_ns();
+    if (rt->draining) {
+        ds4_rpc_call_finish(call, DS4_RPC_UNAVAILABLE, "router is draining");
+        return;
+    }
+    char msg[1024];
+    prepared_t prep = {0};
+    ds4_rpc_code_t code = router_prepare(rt, req, &prep, msg, sizeof(msg));
+    if (code != DS4_RPC_OK) {
+        router_count_rejected(rt, code);
+        ds4_rpc_call_finish(call, code, "%s", msg);
+        return;
+    }
+    router_submit_t sub = {
+        .req = req,
+        .prep = &prep,
+        .t0_ns = t0,
+        .client_deadline_ms = ds4_rpc_call_deadline_left_ms(call),
+        .sink = &grpc_sink,
+        .sink_arg = call,
+    };
+    request_t *r = NULL;
+    code = router_submit(rt, &sub, &r, msg, sizeof(msg));
+    if (code != DS4_RPC_OK) {
+        ds4_free(prep.ids);
+        ds4_rpc_call_finish(call, code, "%s", msg);
+        return;
+    }
+    /* start_attempt may already have ended the request (no worker): then the call is gone */
+    if (r->out != NULL)
+        ds4_rpc_call_on_cancel(call, on_client_cancel, r);
 }
 
 void router_cancel(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
@@ -721,7 +784,7 @@ void router_worker_gone(router_t *rt, ds4_worker_t *w, const char *why)
             r->dw = NULL;
         else
             r->pw = NULL;
-        if (r->call == NULL)
+        if (r->out == NULL)
             continue;
         char msg[300];
         snprintf(msg, sizeof(msg), "%s worker %s is gone: %s", decode ? "decode" : "prefill", w->id,
@@ -737,7 +800,7 @@ size_t router_waiting(router_t *rt)
 {
     size_t n = 0;
     for (request_t *r = rt->requests; r != NULL; r = r->next)
-        n += r->call != NULL && r->n_completion == 0;
+        n += r->out != NULL && r->n_completion == 0;
     return n;
 }
 
@@ -745,7 +808,7 @@ void router_fail_all(router_t *rt, ds4_rpc_code_t code, const char *why)
 {
     for (request_t *r = rt->requests, *next; r != NULL; r = next) {
         next = r->next;
-        if (r->call != NULL)
+        if (r->out != NULL)
             req_end(r, code, "%s", why);
     }
 }

@@ -11,6 +11,7 @@
 #include "ds4/clock.h"
 #include "ds4/log.h"
 #include "ds4_worker.pb-c.h"
+#include "http-api.h"
 #include "router.h"
 
 #define DS4_VERSION_STRING "ds4 0.1.0"
@@ -284,7 +285,7 @@ int main(int argc, char **argv)
     };
     const ds4_opt_t opts[] = {
         {"grpc-listen", DS4_OPT_STR, &rt.opt.grpc_listen, "gRPC address (public API + workers)"},
-        {"http-listen", DS4_OPT_STR, &rt.opt.http_listen, "HTTP address (/health /ready /metrics)"},
+        {"http-listen", DS4_OPT_STR, &rt.opt.http_listen, "HTTP address (OpenAI/Anthropic API, /health /ready /metrics)"},
         {"ports-file", DS4_OPT_STR, &rt.opt.ports_file, "write the bound ports here (JSON)"},
         {"model", DS4_OPT_STR, &rt.opt.model, "model name served"},
         {"tokenizer", DS4_OPT_STR, &rt.opt.tokenizer, "tokenizer.json (default: embedded)"},
@@ -334,6 +335,7 @@ int main(int argc, char **argv)
     if (ds4_tok_scratch_create(rt.tok, &rt.scratch) != DS4_OK)
         goto out_tok;
     rt.think_end_id = ds4_tokenizer_token_id(rt.tok, "</think>");
+    rt.eos_id = ds4_tokenizer_token_id(rt.tok, "<｜end▁of▁sentence｜>");
     ds4_registry_init(&rt.registry, rt.opt.liveness_timeout_ms, on_worker_gone, &rt);
 
     ds4_daemon_params_t dp = ds4_daemon_params_default();
@@ -349,6 +351,7 @@ int main(int argc, char **argv)
         .stop = hook_stop,
         .ready = router_ready,
         .metrics_update = hook_metrics,
+        .http = router_http_api, /* the OpenAI / Anthropic API (http-api.c) */
     };
     if (ds4_daemon_create(&dp, &rt.daemon) != DS4_OK) {
         ds4_log_error("ds4-router: cannot listen on %s", rt.opt.grpc_listen);

@@ -66,6 +66,40 @@ uint32_t router_vocab(router_t *rt);
 /* The context length requests are checked against (0: unknown, no worker). */
 uint32_t router_max_context(router_t *rt);
 
+/* Where a request's output goes (called on the loop thread): the gRPC Generate stream
+ * (generate.c) or an HTTP API exchange (http-api.c). */
+typedef struct router_sink_ops {
+    /* One response message, as the gRPC stream would carry it: new tokens (text_delta when
+     * return_text), and last the one with finish_reason and usage. `resp` is valid during the
+     * call only. */
+    void (*send)(void *arg, const Ds4__V1__GenerateResponse *resp);
+    /* The request is over: called exactly once, never followed by a send. DS4_RPC_OK comes after
+     * the message with finish_reason; any other code is a failure described by `msg`. */
+    void (*finish)(void *arg, ds4_rpc_code_t code, const char *msg);
+} router_sink_ops_t;
+
+typedef struct router_submit {
+    const Ds4__V1__GenerateRequest *req; /* borrowed until the sink's finish */
+    prepared_t *prep;                    /* router_prepare's result; taken over on success */
+    uint64_t t0_ns;                      /* arrival (0: now) */
+    uint64_t client_deadline_ms;         /* the client's own deadline from now (UINT64_MAX: none) */
+    bool skip_special_tokens;            /* text_delta without special tokens (</think>, EOS) */
+    const router_sink_ops_t *sink;
+    void *sink_arg;
+} router_submit_t;
+
+/* Admits a prepared request and starts it. On DS4_RPC_OK *out is the request, which may already
+ * have finished through the sink (e.g. no worker available: finish ran inside this call). On
+ * failure (draining, duplicate request_id, out of memory) the sink is never called, msg says
+ * why and *prep is left to the caller. */
+ds4_rpc_code_t router_submit(router_t *rt, const router_submit_t *sub, request_t **out, char *msg,
+                             size_t msg_len);
+/* Ends a running request as cancelled (the client went away): Release on its workers; the
+ * sink's finish runs inside this call. No-op when it has already finished. */
+void router_request_cancel(request_t *r, const char *why);
+/* Counts a request rejected before admission in ds4_requests_total / ds4_errors_total. */
+void router_count_rejected(router_t *rt, ds4_rpc_code_t code);
+
 void router_generate(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg);
 void router_cancel(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg);
 /* A worker left the registry: fail its requests. */
