@@ -1,0 +1,136 @@
+/* The fused lightning-indexer kernel (indexer-kernel.c, indexer-avx2.c, indexer-avx512.c).
+ *
+ * For query rows r and keys g < n_visible[r] it computes, without materialising q.k:
+ *   dot_h(r, g) = q_{r,h} . k_g                       (FP4 x FP4, exact: see below)
+ *   score(r, g) = bf16(sum_h bf16(relu(bf16(dot_h)) * w_{r,h}))   (fp32, heads in order)
+ * and keeps each row's top `topk` keys by (score desc, g asc): a key enters only when its score
+ * is strictly greater than the current k-th best, so a tie never displaces a lower g.
+ *
+ * Operands: an FP4 value is c * 2^(s - 128) with c = 2 * e2m1 an integer in [-12, 12] and s the
+ * ue8m0 byte of its 32-block. Per 32-block the dot of two rows is an integer (|.| <= 32 * 144 =
+ * 4608 < 2^13) computed exactly in int32; it is scaled by the key's then the query's block scale
+ * (exact, barring fp32 under/overflow: scale bytes in [2, 253]) and the blocks are summed in
+ * fp32 in block order. Exactness: every block term is a multiple of 2^emin (emin the smallest
+ * block exponent of the pair), so the fp32 sum is exact in any order while every partial sum is
+ * below 2^24 * 2^emin; a spread of block exponents (query + key) of at most 9 guarantees it
+ * (4 * 4608 * 2^9 < 2^24). Then the dot equals the exact value, which is what an fp32 GEMM of
+ * the decoded values (or DeepSeek's reference) gives too. Outside that condition every dispatch
+ * level still gives the same answer (same operation order), but it may differ from a GEMM.
+ *
+ * Keys live in a tiled copy made from the FP4 wire rows (ds4__index_row_*): tiles of 16 keys,
+ * for each group of 4 dims a 64-byte vector (key l's 4 values at bytes 4l..4l+3), values stored
+ * as c + 12 in [0, 24] (unsigned for the int8 dot instructions; the query side carries the
+ * -12 * sum(c_q) correction per block), and the block scales as fp32 [block][16 keys].
+ *
+ * Dispatch: AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw), portable C, chosen at run time with
+ * __builtin_cpu_supports (no global -march); all levels give identical results.
+ */
+#ifndef DS4_INDEXER_KERNEL_H
+#define DS4_INDEXER_KERNEL_H
+
+#include "ds4/backend.h"
+#include "ds4/status.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DS4__IDXK_TILE 16   /* keys per tile */
+#define DS4__IDXK_BLOCK 32  /* values per scale block */
+#define DS4__IDXK_KOFF 12   /* offset added to key values (c + 12 >= 0) */
+
+typedef enum ds4__idxk_level {
+    DS4__IDXK_AUTO = 0,     /* best level this CPU supports */
+    DS4__IDXK_PORTABLE = 1,
+    DS4__IDXK_AVX2 = 2,
+    DS4__IDXK_AVX512VNNI = 3,
+} ds4__idxk_level_t;
+
+/* Keys in tile layout. dim: values per key (a multiple of 32). */
+typedef struct ds4__idxk_keys {
+    int dim;
+    int64_t n_keys;
+    int64_t n_tiles;         /* ceil(n_keys / 16) */
+    uint8_t *vals;           /* [n_tiles][dim/4][16][4]: c + 12; padding keys hold 12 (c = 0) */
+    float *scale;            /* [n_tiles][dim/32][16]: 2^(s - 128); padding keys 0 */
+} ds4__idxk_keys_t;
+
+/* Queries: n_rows x n_heads rows of dim FP4 values. */
+typedef struct ds4__idxk_queries {
+    int dim;
+    int n_heads;
+    int64_t n_rows;
+    int8_t *vals;            /* [rows][heads][dim]: c in [-12, 12] */
+    int32_t *corr;           /* [rows][heads][dim/32]: -12 * sum of the block's c */
+    float *scale;            /* [rows][heads][dim/32]: 2^(s - 128) */
+} ds4__idxk_queries_t;
+
+/* Allocates tiles for n_keys keys (contents undefined until filled). */
+ds4_status_t ds4__idxk_keys_alloc(ds4__idxk_keys_t *k, int dim, int64_t n_keys);
+/* Converts FP4 wire rows (dim/2 bytes of nibbles, element 2i low, then dim/32 ue8m0 bytes;
+ * row g at rows + g * row_bytes) of tiles [t0, t1) into the layout above. Tiles are
+ * independent: callers may fill disjoint ranges from several threads. */
+void ds4__idxk_keys_fill(ds4__idxk_keys_t *k, const uint8_t *rows, size_t row_bytes, int64_t t0,
+                         int64_t t1);
+void ds4__idxk_keys_free(ds4__idxk_keys_t *k);
+
+ds4_status_t ds4__idxk_queries_alloc(ds4__idxk_queries_t *q, int dim, int n_heads, int64_t n_rows);
+/* Sets query (row r, head h) from packed e2m1 codes (dim/2 bytes) and dim/32 ue8m0 bytes, as
+ * ds4_act_quant_fp4 produces them. */
+void ds4__idxk_queries_set(ds4__idxk_queries_t *q, int64_t r, int h, const uint8_t *packed,
+                           const uint8_t *scales);
+void ds4__idxk_queries_free(ds4__idxk_queries_t *q);
+
+/* One selection job over all rows of `q`. */
+typedef struct ds4__idxk_job {
+    const ds4__idxk_keys_t *keys;
+    const ds4__idxk_queries_t *q;
+    const float *w;              /* [rows][heads] head weights (fp32) */
+    const int64_t *n_visible;    /* [rows] keys row r may select: 0 <= . <= keys->n_keys,
+                                  * non-decreasing in r */
+    int topk;                    /* > 0 */
+    ds4__idxk_level_t level;     /* AUTO: best supported; an unsupported level -> AUTO */
+    int32_t *sel;                /* [rows][topk] out: keys by (score desc, g asc) */
+    float *best;                 /* [rows][topk] scratch: the scores of sel */
+    int32_t *n_sel;              /* [rows] out: min(topk, n_visible[r]) */
+    /* internal */
+    atomic_long next_block;
+    int64_t rows_per_block;
+    int64_t n_blocks;
+    ds4__idxk_level_t run_level;
+} ds4__idxk_job_t;
+
+/* Best level this CPU supports. */
+ds4__idxk_level_t ds4__idxk_level_best(void);
+bool ds4__idxk_level_supported(ds4__idxk_level_t level);
+const char *ds4__idxk_level_name(ds4__idxk_level_t level);
+
+/* Runs the job: over the backend's threads when ops != NULL, else on the caller. */
+void ds4__idxk_select(ds4__idxk_job_t *job, const ds4_backend_ops_t *ops, ds4_backend_h be);
+
+/* ---- per-level kernels: rows [r0, r1) of the job (internal) ---- */
+void ds4__idxk_rows_portable(const ds4__idxk_job_t *job, int64_t r0, int64_t r1);
+#if defined(__x86_64__) || defined(__i386__)
+void ds4__idxk_rows_avx2(const ds4__idxk_job_t *job, int64_t r0, int64_t r1);
+void ds4__idxk_rows_avx512(const ds4__idxk_job_t *job, int64_t r0, int64_t r1);
+#endif
+
+/* Inserts key g with score sc into row state (sel, best, *k) of capacity topk: the shared top-k
+ * insertion of every level (callers may skip keys with *k == topk and !(sc > best[topk-1])). */
+static inline void ds4__idxk_insert(int32_t *sel, float *best, int *k, int topk, int32_t g,
+                                    float sc)
+{
+    if (*k == topk && !(sc > best[topk - 1]))
+        return;
+    int pos = *k < topk ? (*k)++ : topk - 1;
+    while (pos > 0 && sc > best[pos - 1]) {
+        best[pos] = best[pos - 1];
+        sel[pos] = sel[pos - 1];
+        pos--;
+    }
+    best[pos] = sc;
+    sel[pos] = g;
+}
+
+#endif
