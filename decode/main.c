@@ -334,8 +334,11 @@ static void rpc_release(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
     ds4_rpc_call_reply(call, &resp.base);
 }
 
-static void fill_load(decode_t *dc, Ds4__Worker__V1__Load *load)
+/* The router link's load callback (load: a Ds4__Worker__V1__Load). */
+static void fill_load(void *arg, void *out)
 {
+    decode_t *dc = arg;
+    Ds4__Worker__V1__Load *load = out;
     uint32_t active = ds4_batcher_active(dc->batcher);
     load->running = active;
     load->queued = dc->n_reqs > active ? (uint32_t)(dc->n_reqs - active) : 0;
@@ -351,31 +354,10 @@ static void fill_load(decode_t *dc, Ds4__Worker__V1__Load *load)
     }
 }
 
-static void link_load(void *arg, void *load)
-{
-    fill_load(arg, load);
-}
-
 static void rpc_stats(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
 {
     decode_t *dc = arg;
-    Ds4__Worker__V1__StatsResponse resp = DS4__WORKER__V1__STATS_RESPONSE__INIT;
-    Ds4__Worker__V1__WorkerInfo info = DS4__WORKER__V1__WORKER_INFO__INIT;
-    Ds4__Worker__V1__Load load = DS4__WORKER__V1__LOAD__INIT;
-    info.role = DS4__WORKER__V1__WORKER_ROLE__WORKER_ROLE_DECODE;
-    info.worker_id = (char *)dc->opt.worker_id;
-    info.incarnation = ds4_daemon_incarnation(dc->daemon);
-    info.model = (char *)dc->opt.model_name;
-    info.max_sequences = dc->opt.max_sequences;
-    info.max_context = dc->opt.max_context;
-    info.vocab_size = (uint32_t)dc->wm.cfg->vocab_size;
-    fill_load(dc, &load);
-    resp.info = &info;
-    resp.load = &load;
-    resp.requests_done = dc->done;
-    resp.requests_failed = dc->failed;
-    resp.tokens_processed = dc->tokens;
-    ds4_rpc_call_reply(call, &resp.base);
+    ds4_router_link_reply_stats(dc->link, call, dc->done, dc->failed, dc->tokens);
 }
 
 static void rpc_prefill(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
@@ -623,24 +605,11 @@ int main(int argc, char **argv)
     uv_timer_init(ds4_daemon_loop(dc.daemon), &dc.kv_timer);
     dc.kv_timer.data = &dc;
 
-    char advertise[300];
-    char host[256];
-    int port = 0;
-    if (dc.opt.advertise != NULL) {
-        snprintf(advertise, sizeof(advertise), "%s", dc.opt.advertise);
-    } else if (ds4_split_host_port(dc.opt.grpc_listen, host, sizeof(host), &port)) {
-        snprintf(advertise, sizeof(advertise), "%s:%d",
-                 strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1" : host,
-                 ds4_daemon_grpc_port(dc.daemon));
-    } else {
-        ds4_log_error("ds4-decode: bad --grpc-listen %s", dc.opt.grpc_listen);
-        goto out_batcher;
-    }
     ds4_router_link_params_t lp = ds4_router_link_params_default();
     lp.router_addr = dc.opt.router;
     lp.role = DS4__WORKER__V1__WORKER_ROLE__WORKER_ROLE_DECODE;
     lp.worker_id = dc.opt.worker_id;
-    lp.rpc_address = advertise;
+    lp.rpc_address = dc.opt.advertise; /* NULL: grpc-listen with the bound port */
     lp.model = dc.opt.model_name;
     lp.max_sequences = dc.opt.max_sequences;
     lp.max_context = dc.opt.max_context;
@@ -651,13 +620,10 @@ int main(int argc, char **argv)
     ds4_kv_pool_stats(ds4_xfer_pool(dc.xfer), &pstats);
     for (int k = 0; k < DS4_KV_N_KINDS; k++)
         lp.kv_blocks_total += pstats.total_blocks[k];
-    lp.load_cb = link_load;
+    lp.load_cb = fill_load;
     lp.arg = &dc;
     if (ds4_daemon_start(dc.daemon) != DS4_OK)
         goto out_batcher;
-    char http_addr[300];
-    snprintf(http_addr, sizeof(http_addr), "127.0.0.1:%d", ds4_daemon_http_port(dc.daemon));
-    lp.http_address = http_addr;
     if (ds4_router_link_create(dc.daemon, &lp, &dc.link) != DS4_OK)
         goto out_batcher;
     rc = ds4_daemon_run(dc.daemon);

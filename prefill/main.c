@@ -455,8 +455,11 @@ static void rpc_release(ds4_rpc_call_h call, const ProtobufCMessage *request, vo
     ds4_rpc_call_reply(call, &resp.base);
 }
 
-static void fill_load(prefill_t *pf, Ds4__Worker__V1__Load *load)
+/* The router link's load callback (load: a Ds4__Worker__V1__Load). */
+static void fill_load(void *arg, void *out)
 {
+    prefill_t *pf = arg;
+    Ds4__Worker__V1__Load *load = out;
     uint32_t running = (uint32_t)__atomic_load_n(&pf->running, __ATOMIC_ACQUIRE);
     load->running = running;
     load->queued = pf->n_jobs > running ? (uint32_t)(pf->n_jobs - running) : 0;
@@ -468,30 +471,10 @@ static void fill_load(prefill_t *pf, Ds4__Worker__V1__Load *load)
     load->draining = pf->draining;
 }
 
-static void link_load(void *arg, void *load)
-{
-    fill_load(arg, load);
-}
-
 static void rpc_stats(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
 {
     prefill_t *pf = arg;
-    Ds4__Worker__V1__StatsResponse resp = DS4__WORKER__V1__STATS_RESPONSE__INIT;
-    Ds4__Worker__V1__WorkerInfo info = DS4__WORKER__V1__WORKER_INFO__INIT;
-    Ds4__Worker__V1__Load load = DS4__WORKER__V1__LOAD__INIT;
-    info.role = DS4__WORKER__V1__WORKER_ROLE__WORKER_ROLE_PREFILL;
-    info.worker_id = (char *)pf->opt.worker_id;
-    info.incarnation = ds4_daemon_incarnation(pf->daemon);
-    info.model = (char *)pf->opt.model_name;
-    info.max_context = pf->opt.max_context;
-    info.vocab_size = (uint32_t)pf->wm.cfg->vocab_size;
-    fill_load(pf, &load);
-    resp.info = &info;
-    resp.load = &load;
-    resp.requests_done = pf->done;
-    resp.requests_failed = pf->failed;
-    resp.tokens_processed = pf->tokens;
-    ds4_rpc_call_reply(call, &resp.base);
+    ds4_router_link_reply_stats(pf->link, call, pf->done, pf->failed, pf->tokens);
 }
 
 static void rpc_reserve(ds4_rpc_call_h call, const ProtobufCMessage *request, void *arg)
@@ -707,35 +690,20 @@ int main(int argc, char **argv)
         goto out_xfer;
     }
 
-    char advertise[300], host[256];
-    int port = 0;
-    if (pf.opt.advertise != NULL) {
-        snprintf(advertise, sizeof(advertise), "%s", pf.opt.advertise);
-    } else if (ds4_split_host_port(pf.opt.grpc_listen, host, sizeof(host), &port)) {
-        snprintf(advertise, sizeof(advertise), "%s:%d",
-                 strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1" : host,
-                 ds4_daemon_grpc_port(pf.daemon));
-    } else {
-        ds4_log_error("ds4-prefill: bad --grpc-listen %s", pf.opt.grpc_listen);
-        goto out_thread;
-    }
     if (ds4_daemon_start(pf.daemon) != DS4_OK)
         goto out_thread;
-    char http_addr[300];
-    snprintf(http_addr, sizeof(http_addr), "127.0.0.1:%d", ds4_daemon_http_port(pf.daemon));
     ds4_router_link_params_t lp = ds4_router_link_params_default();
     lp.router_addr = pf.opt.router;
     lp.role = DS4__WORKER__V1__WORKER_ROLE__WORKER_ROLE_PREFILL;
     lp.worker_id = pf.opt.worker_id;
-    lp.rpc_address = advertise;
-    lp.http_address = http_addr;
+    lp.rpc_address = pf.opt.advertise; /* NULL: grpc-listen with the bound port */
     lp.model = pf.opt.model_name;
     lp.max_sequences = 1;
     lp.max_context = pf.opt.max_context;
     lp.vocab_size = (uint32_t)pf.wm.cfg->vocab_size;
     lp.manifest_digest = pf.wm.digest;
     lp.manifest_digest_len = sizeof(pf.wm.digest);
-    lp.load_cb = link_load;
+    lp.load_cb = fill_load;
     lp.arg = &pf;
     if (ds4_router_link_create(pf.daemon, &lp, &pf.link) != DS4_OK)
         goto out_thread;

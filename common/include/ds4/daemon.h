@@ -113,6 +113,10 @@ uint64_t ds4_daemon_incarnation(ds4_daemon_h d);
 int ds4_daemon_grpc_port(ds4_daemon_h d);
 int ds4_daemon_http_port(ds4_daemon_h d);
 bool ds4_daemon_draining(ds4_daemon_h d);
+/* The "host:port" peers dial for the started daemon's gRPC (grpc = true) or HTTP server: the
+ * listen host (0.0.0.0 and :: announce as 127.0.0.1) with the bound port. False when it does not
+ * fit `cap` bytes. */
+bool ds4_daemon_address(ds4_daemon_h d, bool grpc, char *out, size_t cap);
 
 /* Reads integer field `key` ("grpc_port", "http_port", "pid") of a ports file written by
  * ds4_daemon_start; -1 until the file exists and holds it (the launcher's poll). */
@@ -144,8 +148,9 @@ typedef struct ds4_router_link_params {
     const char *router_addr; /* "127.0.0.1:7000" */
     int role;                /* Ds4__Worker__V1__WorkerRole */
     const char *worker_id;
-    const char *rpc_address; /* advertised "host:port" of the Worker service */
-    const char *http_address;
+    const char *rpc_address;  /* advertised "host:port" of the Worker service; NULL: the
+                               * daemon's (ds4_daemon_address) */
+    const char *http_address; /* NULL: the daemon's */
     const char *model;
     const void *manifest_digest;
     size_t manifest_digest_len;
@@ -165,6 +170,10 @@ ds4_status_t ds4_router_link_create(ds4_daemon_h d, const ds4_router_link_params
 bool ds4_router_link_registered(ds4_router_link_h link);
 /* Registrations that succeeded (1 normally; more after router restarts or being declared dead). */
 uint32_t ds4_router_link_registrations(ds4_router_link_h link);
+/* Answers the worker's Stats call with the identity it registered and its current load. */
+void ds4_router_link_reply_stats(ds4_router_link_h link, ds4_rpc_call_h call,
+                                 uint64_t requests_done, uint64_t requests_failed,
+                                 uint64_t tokens_processed);
 /* Sends one heartbeat now (e.g. right after draining starts). */
 void ds4_router_link_poke(ds4_router_link_h link);
 /* Cancels calls and frees on the loop (channel memory goes when its calls end). */

@@ -66,6 +66,17 @@ bool ds4_split_host_port(const char *addr, char *host, size_t cap, int *port)
     return true;
 }
 
+bool ds4_daemon_address(ds4_daemon_h d, bool grpc, char *out, size_t cap)
+{
+    char host[256];
+    int port = 0;
+    if (!ds4_split_host_port(grpc ? d->grpc_listen : d->http_listen, host, sizeof(host), &port))
+        return false;
+    const char *h = strcmp(host, "0.0.0.0") == 0 || strcmp(host, "[::]") == 0 ? "127.0.0.1" : host;
+    int n = snprintf(out, cap, "%s:%d", h, grpc ? ds4_daemon_grpc_port(d) : ds4_daemon_http_port(d));
+    return n > 0 && (size_t)n < cap;
+}
+
 ds4_daemon_params_t ds4_daemon_params_default(void)
 {
     ds4_daemon_params_t p = {

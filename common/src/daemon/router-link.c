@@ -52,6 +52,39 @@ static void fill_load(ds4_router_link_h l, Ds4__Worker__V1__Load *load)
     load->draining = load->draining || ds4_daemon_draining(l->daemon);
 }
 
+static void fill_info(ds4_router_link_h l, Ds4__Worker__V1__WorkerInfo *info)
+{
+    info->role = (Ds4__Worker__V1__WorkerRole)l->p.role;
+    info->worker_id = l->worker_id;
+    info->incarnation = ds4_daemon_incarnation(l->daemon);
+    info->rpc_address = l->rpc_address;
+    info->http_address = l->http_address;
+    info->model = l->model;
+    info->kv_manifest_digest.data = l->digest;
+    info->kv_manifest_digest.len = l->p.manifest_digest_len;
+    info->max_sequences = l->p.max_sequences;
+    info->kv_blocks_total = l->p.kv_blocks_total;
+    info->max_context = l->p.max_context;
+    info->vocab_size = l->p.vocab_size;
+}
+
+void ds4_router_link_reply_stats(ds4_router_link_h l, ds4_rpc_call_h call,
+                                 uint64_t requests_done, uint64_t requests_failed,
+                                 uint64_t tokens_processed)
+{
+    Ds4__Worker__V1__StatsResponse resp = DS4__WORKER__V1__STATS_RESPONSE__INIT;
+    Ds4__Worker__V1__WorkerInfo info = DS4__WORKER__V1__WORKER_INFO__INIT;
+    Ds4__Worker__V1__Load load = DS4__WORKER__V1__LOAD__INIT;
+    fill_info(l, &info);
+    fill_load(l, &load);
+    resp.info = &info;
+    resp.load = &load;
+    resp.requests_done = requests_done;
+    resp.requests_failed = requests_failed;
+    resp.tokens_processed = tokens_processed;
+    ds4_rpc_call_reply(call, &resp.base);
+}
+
 static void register_msg(ds4_router_link_h l, ProtobufCMessage *msg, void *arg)
 {
     Ds4__Worker__V1__RegisterResponse *r = (void *)msg;
@@ -117,18 +150,7 @@ static void link_tick(uv_timer_t *t)
     Ds4__Worker__V1__WorkerInfo info = DS4__WORKER__V1__WORKER_INFO__INIT;
     Ds4__Worker__V1__HeartbeatRequest hb = DS4__WORKER__V1__HEARTBEAT_REQUEST__INIT;
     if (!l->registered) {
-        info.role = (Ds4__Worker__V1__WorkerRole)l->p.role;
-        info.worker_id = l->worker_id;
-        info.incarnation = ds4_daemon_incarnation(l->daemon);
-        info.rpc_address = l->rpc_address;
-        info.http_address = l->http_address;
-        info.model = l->model;
-        info.kv_manifest_digest.data = l->digest;
-        info.kv_manifest_digest.len = l->p.manifest_digest_len;
-        info.max_sequences = l->p.max_sequences;
-        info.kv_blocks_total = l->p.kv_blocks_total;
-        info.max_context = l->p.max_context;
-        info.vocab_size = l->p.vocab_size;
+        fill_info(l, &info);
         reg.proto_version = DS4__WORKER__V1__WORKER_PROTO_VERSION__WORKER_PROTO_VERSION_1;
         reg.info = &info;
         reg.load = &load;
@@ -153,9 +175,14 @@ static void link_tick(uv_timer_t *t)
 ds4_status_t ds4_router_link_create(ds4_daemon_h d, const ds4_router_link_params_t *p,
                                     ds4_router_link_h *out)
 {
-    if (d == NULL || p == NULL || p->router_addr == NULL || p->worker_id == NULL ||
-        p->rpc_address == NULL || out == NULL)
+    if (d == NULL || p == NULL || p->router_addr == NULL || p->worker_id == NULL || out == NULL)
         return DS4_ERR_INVALID_ARG;
+    char rpc_addr[300], http_addr[300];
+    if (!ds4_daemon_address(d, true, rpc_addr, sizeof(rpc_addr)) ||
+        !ds4_daemon_address(d, false, http_addr, sizeof(http_addr))) {
+        ds4_log_error("router link: the daemon's listen addresses are not host:port");
+        return DS4_ERR_INVALID_ARG;
+    }
     ds4_router_link_h l = ds4_calloc(1, sizeof(*l));
     if (l == NULL)
         return DS4_ERR_NO_MEMORY;
@@ -165,8 +192,8 @@ ds4_status_t ds4_router_link_create(ds4_daemon_h d, const ds4_router_link_params
         l->p.retry_ms = 200;
     l->router_addr = ds4_strdup(p->router_addr);
     l->worker_id = ds4_strdup(p->worker_id);
-    l->rpc_address = ds4_strdup(p->rpc_address);
-    l->http_address = ds4_strdup(p->http_address != NULL ? p->http_address : "");
+    l->rpc_address = ds4_strdup(p->rpc_address != NULL ? p->rpc_address : rpc_addr);
+    l->http_address = ds4_strdup(p->http_address != NULL ? p->http_address : http_addr);
     l->model = ds4_strdup(p->model != NULL ? p->model : "");
     l->digest = ds4_malloc(p->manifest_digest_len + 1);
     ds4_status_t st = DS4_ERR_NO_MEMORY;
