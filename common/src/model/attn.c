@@ -2,6 +2,7 @@
  * online softmax, bf16 probabilities before P.V, sink in the denominator). Scores are
  * sequential fp32 dot products and block sums use the reference's row-reduction order
  * (ds4__sum_row_f32): measured against the golden, both are needed for bit-exact layers. */
+#include "attn-sparse.h"
 #include "model-internal.h"
 
 #include "ds4/alloc.h"
@@ -10,117 +11,86 @@
 #include <math.h>
 #include <string.h>
 
-#define ATTN_BLOCK 64
-
 /* ---------------- sparse attention ---------------- */
 
+/* Keys of one chunk, decoded once and shared by every query row of the chunk (rows are
+ * immutable once written):
+ *   window: positions wbase .. p0+T-1 (the ring rows still in some query's window, then the
+ *     chunk's own rows), row-major wr[L][hd] and transposed wt[hd][L];
+ *   HCA: compressed rows 0 .. (p0+T)/ratio - 1, row-major cr[nc][hd] and transposed tiles of
+ *     64 rows ct[nc/64][hd][64] (last tile zero-padded).
+ * CSA rows are decoded per query (the 64 selected rows; a whole-sequence cache would be
+ * n/4 rows). */
 typedef struct attn_job {
     ds4_model_h m;
-    ds4_seq_h s;
     const ds4_layer_w_t *L;
+    ds4_layer_state_t *ls;
     int64_t T, p0;
     const float *q;      /* [T][H][hd] */
-    const float *kv;     /* [T][hd] rows of this chunk (wire-exact values) */
     const int32_t *sel;  /* CSA: [T][topk] */
     const int32_t *n_sel;
     float *o;            /* [T][H][hd] */
+    ds4__attn_isa_t isa;
+    int64_t wbase, wlen;
+    const float *wr, *wt;
+    int64_t n_cr;
+    const float *cr, *ct;
 } attn_job_t;
+
+/* Transposes rows[n][hd] into tiles of 64 rows: t[(r / 64) * 64 * hd + i * 64 + r % 64]. */
+static void transpose_tiles(const float *rows, int64_t n, int hd, float *t)
+{
+    for (int64_t r = 0; r < n; r++) {
+        float *tt = t + (r / DS4__ATTN_TILE) * DS4__ATTN_TILE * hd + r % DS4__ATTN_TILE;
+        for (int i = 0; i < hd; i++)
+            tt[(int64_t)i * DS4__ATTN_TILE] = rows[r * hd + i];
+    }
+}
 
 static void attn_rows(void *arg, size_t begin, size_t end, int thread_index)
 {
     attn_job_t *j = arg;
-    ds4_model_h m = j->m;
-    const ds4_model_config_t *c = &m->cfg;
+    const ds4_model_config_t *c = &j->m->cfg;
     const ds4_layer_w_t *L = j->L;
-    ds4_layer_state_t *ls = &j->s->ls[L->index];
-    int H = c->n_heads, hd = c->head_dim, win = c->sliding_window;
-    int64_t max_comp = 0;
-    if (L->kind == DS4_LAYER_HCA)
-        max_comp = (j->p0 + j->T) / L->ratio;
-    else if (L->kind == DS4_LAYER_CSA)
-        max_comp = c->index_topk;
-    int64_t cap = win + max_comp;
-    float *K = ds4_malloc_array((size_t)(cap * hd), sizeof(float));
-    bool *valid = ds4_malloc_array((size_t)cap, sizeof(bool));
-    double *acc = ds4_malloc_array((size_t)hd, sizeof(double));
-    DS4_ASSERT(K != NULL && valid != NULL && acc != NULL);
-    const float scale = (float)(1.0 / sqrt((double)hd));
+    int H = c->n_heads, hd = c->head_dim, win = c->sliding_window, topk = c->index_topk;
+    ds4__attn_shape_t sh = {.n_heads = H, .head_dim = hd,
+                            .scale = (float)(1.0 / sqrt((double)hd)), .sink = L->attn_sink};
+    int64_t max_comp = L->kind == DS4_LAYER_HCA ? j->n_cr
+                       : L->kind == DS4_LAYER_CSA ? topk : 0;
+    int64_t n_tiles = L->kind == DS4_LAYER_CSA ? (topk + DS4__ATTN_TILE - 1) / DS4__ATTN_TILE : 0;
+    void *scratch = ds4_aligned_alloc(64, ds4__attn_scratch_bytes(&sh, win + max_comp));
+    float *kr = ds4_malloc_array((size_t)(topk * hd), sizeof(float));
+    float *kt = ds4_calloc((size_t)(n_tiles * DS4__ATTN_TILE * hd), sizeof(float));
+    DS4_ASSERT(scratch != NULL && kr != NULL && (kt != NULL || n_tiles == 0));
     for (size_t t = begin; t < end; t++) {
         int64_t p = j->p0 + (int64_t)t;
-        int64_t n = 0;
-        for (int w = 0; w < win; w++, n++) {
-            int64_t tok = p >= win - 1 ? p - win + 1 + w : (w <= p ? w : -1);
-            valid[n] = tok >= 0;
-            if (tok < 0)
-                continue;
-            if (tok >= j->p0)
-                memcpy(K + n * hd, j->kv + (tok - j->p0) * hd, sizeof(float) * (size_t)hd);
-            else
-                ds4__kv_row_decode(c, ls->ring + (tok % win) * m->row_bytes, K + n * hd);
-        }
+        /* window: slots 0..nw-1 hold positions tok0..p, slots nw..win-1 are empty */
+        int64_t nw = p + 1 < win ? p + 1 : win, tok0 = p + 1 - nw, w0 = tok0 - j->wbase;
+        ds4__attn_seg_t segs[3] = {
+            {.n = nw, .kt = j->wt + w0, .ld = j->wlen, .tile_stride = DS4__ATTN_TILE,
+             .kr = j->wr + w0 * hd},
+            {.n = win - nw},
+            {.n = 0},
+        };
         if (L->kind == DS4_LAYER_HCA) {
-            int64_t nv = (p + 1) / L->ratio;
-            for (int64_t g = 0; g < nv; g++, n++) {
-                valid[n] = true;
-                ds4__kv_row_decode(c, ls->comp + g * m->row_bytes, K + n * hd);
-            }
+            segs[2] = (ds4__attn_seg_t){.n = (p + 1) / L->ratio, .kt = j->ct, .ld = DS4__ATTN_TILE,
+                                        .tile_stride = (int64_t)DS4__ATTN_TILE * hd, .kr = j->cr};
         } else if (L->kind == DS4_LAYER_CSA) {
-            for (int i = 0; i < j->n_sel[t]; i++, n++) {
-                int32_t g = j->sel[(int64_t)t * c->index_topk + i];
-                valid[n] = true;
-                ds4__kv_row_decode(c, ls->comp + (int64_t)g * m->row_bytes, K + n * hd);
+            int ns = j->n_sel[t];
+            for (int i = 0; i < ns; i++) {
+                int32_t g = j->sel[(int64_t)t * topk + i];
+                ds4__kv_row_decode(c, j->ls->comp + (int64_t)g * j->m->row_bytes, kr + i * hd);
             }
+            transpose_tiles(kr, ns, hd, kt);
+            segs[2] = (ds4__attn_seg_t){.n = ns, .kt = kt, .ld = DS4__ATTN_TILE,
+                                        .tile_stride = (int64_t)DS4__ATTN_TILE * hd, .kr = kr};
         }
-        for (int h = 0; h < H; h++) {
-            const float *q = j->q + ((int64_t)t * H + h) * hd;
-            float mrun = -INFINITY, sum = 0.0f;
-            memset(acc, 0, sizeof(double) * (size_t)hd);
-            for (int64_t b0 = 0; b0 < n; b0 += ATTN_BLOCK) {
-                int64_t b1 = b0 + ATTN_BLOCK < n ? b0 + ATTN_BLOCK : n;
-                float sc[ATTN_BLOCK];
-                float bm = mrun;
-                for (int64_t e = b0; e < b1; e++) {
-                    if (!valid[e]) {
-                        sc[e - b0] = -INFINITY;
-                        continue;
-                    }
-                    const float *k = K + e * hd;
-                    float d = 0.0f;
-                    for (int i = 0; i < hd; i++)
-                        d += q[i] * k[i];
-                    sc[e - b0] = d * scale;
-                    bm = sc[e - b0] > bm ? sc[e - b0] : bm;
-                }
-                float rescale = ds4__exp_ref(mrun - bm);
-                /* the block's probabilities sum over all 64 slots (invalid/padding = 0) in the
-                 * reference's row-reduction order */
-                float pad[ATTN_BLOCK];
-                for (int64_t e = b0; e < b0 + ATTN_BLOCK; e++)
-                    pad[e - b0] = e < b1 ? ds4__exp_ref(sc[e - b0] - bm) : 0.0f;
-                memcpy(sc, pad, sizeof(float) * (size_t)(b1 - b0));
-                float bsum = ds4__sum_row_f32(pad, ATTN_BLOCK);
-                sum = sum * rescale + bsum;
-                for (int i = 0; i < hd; i++)
-                    acc[i] = (double)(float)(acc[i] * rescale);
-                for (int64_t e = b0; e < b1; e++) {
-                    if (!valid[e])
-                        continue;
-                    float pb = ds4_round_bf16(sc[e - b0]);
-                    const float *k = K + e * hd;
-                    for (int i = 0; i < hd; i++)
-                        acc[i] += (double)(pb * k[i]);
-                }
-                mrun = bm;
-            }
-            sum += ds4__exp_ref(L->attn_sink[h] - mrun);
-            float *o = j->o + ((int64_t)t * H + h) * hd;
-            for (int i = 0; i < hd; i++)
-                o[i] = ds4_round_bf16((float)acc[i] / sum);
-        }
+        ds4__attn_query(j->isa, &sh, segs, 3, j->q + (int64_t)t * H * hd,
+                        j->o + (int64_t)t * H * hd, scratch);
     }
-    ds4_free(K);
-    ds4_free(valid);
-    ds4_free(acc);
+    ds4_free(scratch);
+    ds4_free(kr);
+    ds4_free(kt);
 }
 
 ds4_status_t ds4__attention(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, const float *x,
@@ -143,6 +113,7 @@ ds4_status_t ds4__attention(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, 
     float *z = ds4_malloc_array((size_t)(T * G * ol), sizeof(float));
     float *zg = ds4_malloc_array((size_t)(T * ol), sizeof(float));
     int32_t *sel = NULL, *n_sel = NULL;
+    float *wr = NULL, *wt = NULL, *cr = NULL, *ct = NULL;
     if (qr == NULL || tmp == NULL || q == NULL || kv == NULL || rows == NULL || o == NULL ||
         og == NULL || z == NULL || zg == NULL) {
         st = DS4_ERR_NO_MEMORY;
@@ -193,8 +164,34 @@ ds4_status_t ds4__attention(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, 
         if (st != DS4_OK)
             goto out;
     }
-    attn_job_t job = {.m = m, .s = s, .L = L, .T = T, .p0 = p0, .q = q, .kv = kv, .sel = sel,
-                      .n_sel = n_sel, .o = o};
+    /* the chunk's keys, decoded once (see attn_job_t) */
+    int64_t n_old = p0 < win - 1 ? p0 : win - 1;
+    int64_t wlen = n_old + T;
+    int64_t n_cr = L->kind == DS4_LAYER_HCA ? (p0 + T) / L->ratio : 0;
+    int64_t n_ct = (n_cr + DS4__ATTN_TILE - 1) / DS4__ATTN_TILE * DS4__ATTN_TILE;
+    DS4_ASSERT(n_cr <= ls->n_comp);
+    wr = ds4_malloc_array((size_t)(wlen * hd), sizeof(float));
+    wt = ds4_malloc_array((size_t)(wlen * hd), sizeof(float));
+    if (n_cr > 0) {
+        cr = ds4_malloc_array((size_t)(n_cr * hd), sizeof(float));
+        ct = ds4_calloc((size_t)(n_ct * hd), sizeof(float));
+    }
+    if (wr == NULL || wt == NULL || (n_cr > 0 && (cr == NULL || ct == NULL))) {
+        st = DS4_ERR_NO_MEMORY;
+        goto out;
+    }
+    for (int64_t r = 0; r < n_old; r++)
+        ds4__kv_row_decode(c, ls->ring + ((p0 - n_old + r) % win) * m->row_bytes, wr + r * hd);
+    memcpy(wr + n_old * hd, kv, sizeof(float) * (size_t)(T * hd));
+    for (int64_t r = 0; r < wlen; r++)
+        for (int i = 0; i < hd; i++)
+            wt[i * wlen + r] = wr[r * hd + i];
+    for (int64_t g = 0; g < n_cr; g++)
+        ds4__kv_row_decode(c, ls->comp + g * m->row_bytes, cr + g * hd);
+    transpose_tiles(cr, n_cr, hd, ct);
+    attn_job_t job = {.m = m, .L = L, .ls = ls, .T = T, .p0 = p0, .q = q, .sel = sel,
+                      .n_sel = n_sel, .o = o, .isa = ds4__attn_isa_select(), .wbase = p0 - n_old,
+                      .wlen = wlen, .wr = wr, .wt = wt, .n_cr = n_cr, .cr = cr, .ct = ct};
     m->ops->parallel_for(m->be, (size_t)T, attn_rows, &job);
     /* ring update after every query of the chunk has read the old rows */
     for (int64_t t = (T > win ? T - win : 0); t < T; t++)
@@ -224,5 +221,9 @@ out:
     ds4_free(zg);
     ds4_free(sel);
     ds4_free(n_sel);
+    ds4_free(wr);
+    ds4_free(wt);
+    ds4_free(cr);
+    ds4_free(ct);
     return st;
 }

@@ -1,0 +1,571 @@
+/* Blockwise sparse attention of one query row (attn-sparse.h): the portable kernels and the
+ * x86 AVX2 / AVX-512 ones. Every kernel keeps each scalar result's operation sequence (lanes
+ * are independent keys or independent head-dim elements), so all levels agree bit for bit;
+ * the file builds with -ffp-contract=off, and FMA appears only where ds4__exp_ref uses fmaf. */
+#include "attn-sparse.h"
+
+#include "model-internal.h"
+
+#include "ds4/log.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define ATTN_X86 1
+#include <immintrin.h>
+#endif
+
+typedef struct attn_kernels {
+    /* sc[h * ss + j] = score of key j of sg for head h, j < sg->n */
+    void (*scores)(const float *q, int H, int hd, const ds4__attn_seg_t *sg, float scale,
+                   float *sc, int64_t ss);
+    /* y[e] = ds4__exp_ref(x[e] - m), e < n */
+    void (*exp_shift)(const float *x, float m, int64_t n, float *y);
+    /* for e < n in order, for each head h: acc[h][i] += (double)(pb[h * ps + e] * kr[e][i]) */
+    void (*pv)(int H, int hd, const float *pb, int64_t ps, int64_t n, const float *kr,
+               double *acc);
+} attn_kernels_t;
+
+/* ---------------- portable C ---------------- */
+
+static void scores_c(const float *q, int H, int hd, const ds4__attn_seg_t *sg, float scale,
+                     float *sc, int64_t ss)
+{
+    float d[DS4__ATTN_TILE];
+    for (int64_t j0 = 0; j0 < sg->n; j0 += DS4__ATTN_TILE) {
+        int64_t w = sg->n - j0 < DS4__ATTN_TILE ? sg->n - j0 : DS4__ATTN_TILE;
+        const float *base = sg->kt + (j0 / DS4__ATTN_TILE) * sg->tile_stride;
+        for (int h = 0; h < H; h++) {
+            const float *qh = q + (int64_t)h * hd;
+            for (int64_t l = 0; l < w; l++)
+                d[l] = 0.0f;
+            for (int i = 0; i < hd; i++) {
+                const float *row = base + (int64_t)i * sg->ld;
+                float qi = qh[i];
+                for (int64_t l = 0; l < w; l++)
+                    d[l] += qi * row[l];
+            }
+            for (int64_t l = 0; l < w; l++)
+                sc[(int64_t)h * ss + j0 + l] = d[l] * scale;
+        }
+    }
+}
+
+static void exp_shift_c(const float *x, float m, int64_t n, float *y)
+{
+    for (int64_t e = 0; e < n; e++)
+        y[e] = ds4__exp_ref(x[e] - m);
+}
+
+static void pv_c(int H, int hd, const float *pb, int64_t ps, int64_t n, const float *kr,
+                 double *acc)
+{
+    for (int64_t e = 0; e < n; e++) {
+        const float *k = kr + e * hd;
+        for (int h = 0; h < H; h++) {
+            float p = pb[(int64_t)h * ps + e];
+            double *a = acc + (int64_t)h * hd;
+            for (int i = 0; i < hd; i++)
+                a[i] += (double)(p * k[i]);
+        }
+    }
+}
+
+/* ---------------- x86 ---------------- */
+#ifdef ATTN_X86
+
+/* ds4__exp_ref's constants (ops.c) */
+#define EXP_INV_LN2 1.442695040888963407359924681001892137426645954152985934135449406931f
+#define EXP_LN2_HI 0.693145751953125f
+#define EXP_LN2_LO 1.428606765330187045e-06f
+#define EXP_C0 0.000198527617612853646278381f
+#define EXP_C1 0.00139304355252534151077271f
+#define EXP_C2 0.00833336077630519866943359f
+#define EXP_C3 0.0416664853692054748535156f
+#define EXP_C4 0.166666671633720397949219f
+#define EXP_C5 0.5f
+
+/* ---- AVX-512F ---- */
+
+/* ds4__exp_ref on 16 lanes: same rint, fmaf chain and 2^q1 * 2^(q-q1) scaling (each factor a
+ * normal power of two for |x| <= 104, so u * 2^q1 is exact and the second product rounds once,
+ * as ldexpf does); NaN -> x, x > 104 -> inf, x < -104 -> 0. */
+__attribute__((target("avx512f"))) static inline __m512 exp_avx512(__m512 x)
+{
+    __m512 qf = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_INV_LN2)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 s = _mm512_fmadd_ps(qf, _mm512_set1_ps(-EXP_LN2_HI), x);
+    s = _mm512_fmadd_ps(qf, _mm512_set1_ps(-EXP_LN2_LO), s);
+    __m512 u = _mm512_set1_ps(EXP_C0);
+    u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(EXP_C1));
+    u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(EXP_C2));
+    u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(EXP_C3));
+    u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(EXP_C4));
+    u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(EXP_C5));
+    u = _mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(_mm512_mul_ps(s, s), u, s));
+    __mmask16 in = _mm512_cmp_ps_mask(x, _mm512_set1_ps(104.0f), _CMP_LE_OQ) &
+                   _mm512_cmp_ps_mask(x, _mm512_set1_ps(-104.0f), _CMP_GE_OQ);
+    __m512i q = _mm512_maskz_cvtps_epi32(in, qf);
+    __m512i q1 = _mm512_srai_epi32(q, 1);
+    __m512i q2 = _mm512_sub_epi32(q, q1);
+    const __m512i bias = _mm512_set1_epi32(127);
+    __m512 p1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(q1, bias), 23));
+    __m512 p2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(q2, bias), 23));
+    __m512 r = _mm512_mul_ps(_mm512_mul_ps(u, p1), p2);
+    r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(104.0f), _CMP_GT_OQ), r,
+                             _mm512_set1_ps(INFINITY));
+    r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-104.0f), _CMP_LT_OQ), r,
+                             _mm512_setzero_ps());
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), r, x);
+}
+
+__attribute__((target("avx512f"))) static inline __mmask16 lanes16(int64_t n)
+{
+    return n >= 16 ? (__mmask16)0xffff : (n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u));
+}
+
+__attribute__((target("avx512f"))) static void
+scores_avx512(const float *q, int H, int hd, const ds4__attn_seg_t *sg, float scale, float *sc,
+              int64_t ss)
+{
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (int64_t j0 = 0; j0 < sg->n; j0 += DS4__ATTN_TILE) {
+        int64_t w = sg->n - j0;
+        __mmask16 m0 = lanes16(w), m1 = lanes16(w - 16), m2 = lanes16(w - 32),
+                  m3 = lanes16(w - 48);
+        const float *base = sg->kt + (j0 / DS4__ATTN_TILE) * sg->tile_stride;
+        int h = 0;
+        for (; h + 1 < H; h += 2) {
+            const float *qa = q + (int64_t)h * hd, *qb = qa + hd;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (int i = 0; i < hd; i++) {
+                const float *row = base + (int64_t)i * sg->ld;
+                __m512 x0 = _mm512_maskz_loadu_ps(m0, row);
+                __m512 x1 = _mm512_maskz_loadu_ps(m1, row + 16);
+                __m512 x2 = _mm512_maskz_loadu_ps(m2, row + 32);
+                __m512 x3 = _mm512_maskz_loadu_ps(m3, row + 48);
+                __m512 va = _mm512_set1_ps(qa[i]), vb = _mm512_set1_ps(qb[i]);
+                a0 = _mm512_add_ps(a0, _mm512_mul_ps(va, x0));
+                a1 = _mm512_add_ps(a1, _mm512_mul_ps(va, x1));
+                a2 = _mm512_add_ps(a2, _mm512_mul_ps(va, x2));
+                a3 = _mm512_add_ps(a3, _mm512_mul_ps(va, x3));
+                b0 = _mm512_add_ps(b0, _mm512_mul_ps(vb, x0));
+                b1 = _mm512_add_ps(b1, _mm512_mul_ps(vb, x1));
+                b2 = _mm512_add_ps(b2, _mm512_mul_ps(vb, x2));
+                b3 = _mm512_add_ps(b3, _mm512_mul_ps(vb, x3));
+            }
+            float *sa = sc + (int64_t)h * ss + j0, *sb = sa + ss;
+            _mm512_mask_storeu_ps(sa, m0, _mm512_mul_ps(a0, vs));
+            _mm512_mask_storeu_ps(sa + 16, m1, _mm512_mul_ps(a1, vs));
+            _mm512_mask_storeu_ps(sa + 32, m2, _mm512_mul_ps(a2, vs));
+            _mm512_mask_storeu_ps(sa + 48, m3, _mm512_mul_ps(a3, vs));
+            _mm512_mask_storeu_ps(sb, m0, _mm512_mul_ps(b0, vs));
+            _mm512_mask_storeu_ps(sb + 16, m1, _mm512_mul_ps(b1, vs));
+            _mm512_mask_storeu_ps(sb + 32, m2, _mm512_mul_ps(b2, vs));
+            _mm512_mask_storeu_ps(sb + 48, m3, _mm512_mul_ps(b3, vs));
+        }
+        if (h < H) {
+            const float *qa = q + (int64_t)h * hd;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int i = 0; i < hd; i++) {
+                const float *row = base + (int64_t)i * sg->ld;
+                __m512 va = _mm512_set1_ps(qa[i]);
+                a0 = _mm512_add_ps(a0, _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m0, row)));
+                a1 = _mm512_add_ps(a1, _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m1, row + 16)));
+                a2 = _mm512_add_ps(a2, _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m2, row + 32)));
+                a3 = _mm512_add_ps(a3, _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m3, row + 48)));
+            }
+            float *sa = sc + (int64_t)h * ss + j0;
+            _mm512_mask_storeu_ps(sa, m0, _mm512_mul_ps(a0, vs));
+            _mm512_mask_storeu_ps(sa + 16, m1, _mm512_mul_ps(a1, vs));
+            _mm512_mask_storeu_ps(sa + 32, m2, _mm512_mul_ps(a2, vs));
+            _mm512_mask_storeu_ps(sa + 48, m3, _mm512_mul_ps(a3, vs));
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static void exp_shift_avx512(const float *x, float m,
+                                                                int64_t n, float *y)
+{
+    const __m512 vm = _mm512_set1_ps(m);
+    for (int64_t e = 0; e < n; e += 16) {
+        __mmask16 k = lanes16(n - e);
+        __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + e), vm);
+        _mm512_mask_storeu_ps(y + e, k, exp_avx512(v));
+    }
+}
+
+/* the upper 8 floats of a 16-float vector (AVX-512F only: via the f64x4 extract) */
+__attribute__((target("avx512f"))) static inline __m256 hi8(__m512 x)
+{
+    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
+}
+
+#define PV512_ACC(A, P, X)                                                                    \
+    do {                                                                                      \
+        __m512 t0_ = _mm512_mul_ps((P), (X)[0]), t1_ = _mm512_mul_ps((P), (X)[1]);            \
+        __m512 t2_ = _mm512_mul_ps((P), (X)[2]), t3_ = _mm512_mul_ps((P), (X)[3]);            \
+        (A)[0] = _mm512_add_pd((A)[0], _mm512_cvtps_pd(_mm512_castps512_ps256(t0_)));         \
+        (A)[1] = _mm512_add_pd((A)[1], _mm512_cvtps_pd(hi8(t0_)));                            \
+        (A)[2] = _mm512_add_pd((A)[2], _mm512_cvtps_pd(_mm512_castps512_ps256(t1_)));         \
+        (A)[3] = _mm512_add_pd((A)[3], _mm512_cvtps_pd(hi8(t1_)));                            \
+        (A)[4] = _mm512_add_pd((A)[4], _mm512_cvtps_pd(_mm512_castps512_ps256(t2_)));         \
+        (A)[5] = _mm512_add_pd((A)[5], _mm512_cvtps_pd(hi8(t2_)));                            \
+        (A)[6] = _mm512_add_pd((A)[6], _mm512_cvtps_pd(_mm512_castps512_ps256(t3_)));         \
+        (A)[7] = _mm512_add_pd((A)[7], _mm512_cvtps_pd(hi8(t3_)));                            \
+    } while (0)
+
+/* hd % 64 == 0: 64 head-dim elements of one or two heads stay in 8 / 16 double registers over
+ * the run of keys. */
+__attribute__((target("avx512f"))) static void pv_avx512(int H, int hd, const float *pb,
+                                                         int64_t ps, int64_t n, const float *kr,
+                                                         double *acc)
+{
+    for (int i0 = 0; i0 < hd; i0 += 64) {
+        int h = 0;
+        for (; h + 1 < H; h += 2) {
+            double *aa = acc + (int64_t)h * hd + i0, *ab = aa + hd;
+            const float *pa = pb + (int64_t)h * ps, *pbb = pa + ps;
+            __m512d A[8], B[8];
+            for (int k = 0; k < 8; k++) {
+                A[k] = _mm512_loadu_pd(aa + 8 * k);
+                B[k] = _mm512_loadu_pd(ab + 8 * k);
+            }
+            for (int64_t e = 0; e < n; e++) {
+                const float *k = kr + e * hd + i0;
+                __m512 X[4] = {_mm512_loadu_ps(k), _mm512_loadu_ps(k + 16),
+                               _mm512_loadu_ps(k + 32), _mm512_loadu_ps(k + 48)};
+                PV512_ACC(A, _mm512_set1_ps(pa[e]), X);
+                PV512_ACC(B, _mm512_set1_ps(pbb[e]), X);
+            }
+            for (int k = 0; k < 8; k++) {
+                _mm512_storeu_pd(aa + 8 * k, A[k]);
+                _mm512_storeu_pd(ab + 8 * k, B[k]);
+            }
+        }
+        if (h < H) {
+            double *aa = acc + (int64_t)h * hd + i0;
+            const float *pa = pb + (int64_t)h * ps;
+            __m512d A[8];
+            for (int k = 0; k < 8; k++)
+                A[k] = _mm512_loadu_pd(aa + 8 * k);
+            for (int64_t e = 0; e < n; e++) {
+                const float *k = kr + e * hd + i0;
+                __m512 X[4] = {_mm512_loadu_ps(k), _mm512_loadu_ps(k + 16),
+                               _mm512_loadu_ps(k + 32), _mm512_loadu_ps(k + 48)};
+                PV512_ACC(A, _mm512_set1_ps(pa[e]), X);
+            }
+            for (int k = 0; k < 8; k++)
+                _mm512_storeu_pd(aa + 8 * k, A[k]);
+        }
+    }
+}
+
+/* ---- AVX2 + FMA ---- */
+
+__attribute__((target("avx2,fma"))) static inline __m256 exp_avx2(__m256 x)
+{
+    __m256 qf = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_INV_LN2)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 s = _mm256_fmadd_ps(qf, _mm256_set1_ps(-EXP_LN2_HI), x);
+    s = _mm256_fmadd_ps(qf, _mm256_set1_ps(-EXP_LN2_LO), s);
+    __m256 u = _mm256_set1_ps(EXP_C0);
+    u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(EXP_C1));
+    u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(EXP_C2));
+    u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(EXP_C3));
+    u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(EXP_C4));
+    u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(EXP_C5));
+    u = _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(_mm256_mul_ps(s, s), u, s));
+    __m256 in = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_set1_ps(104.0f), _CMP_LE_OQ),
+                              _mm256_cmp_ps(x, _mm256_set1_ps(-104.0f), _CMP_GE_OQ));
+    __m256i q = _mm256_and_si256(_mm256_cvtps_epi32(qf), _mm256_castps_si256(in));
+    __m256i q1 = _mm256_srai_epi32(q, 1);
+    __m256i q2 = _mm256_sub_epi32(q, q1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    __m256 p1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(q1, bias), 23));
+    __m256 p2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(q2, bias), 23));
+    __m256 r = _mm256_mul_ps(_mm256_mul_ps(u, p1), p2);
+    r = _mm256_blendv_ps(r, _mm256_set1_ps(INFINITY),
+                         _mm256_cmp_ps(x, _mm256_set1_ps(104.0f), _CMP_GT_OQ));
+    r = _mm256_blendv_ps(r, _mm256_setzero_ps(),
+                         _mm256_cmp_ps(x, _mm256_set1_ps(-104.0f), _CMP_LT_OQ));
+    return _mm256_blendv_ps(r, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+/* lane l of the mask is set when l < n */
+__attribute__((target("avx2,fma"))) static inline __m256i lanes8(int64_t n)
+{
+    int c = n > 8 ? 8 : (n < 0 ? 0 : (int)n);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(c), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* groups of 32 keys (half a tile): 4 vectors per head, two heads at a time */
+__attribute__((target("avx2,fma"))) static void
+scores_avx2(const float *q, int H, int hd, const ds4__attn_seg_t *sg, float scale, float *sc,
+            int64_t ss)
+{
+    const __m256 vs = _mm256_set1_ps(scale);
+    for (int64_t j0 = 0; j0 < sg->n; j0 += 32) {
+        int64_t w = sg->n - j0;
+        __m256i m0 = lanes8(w), m1 = lanes8(w - 8), m2 = lanes8(w - 16), m3 = lanes8(w - 24);
+        const float *base = sg->kt + (j0 / DS4__ATTN_TILE) * sg->tile_stride +
+                            j0 % DS4__ATTN_TILE;
+        for (int h = 0; h < H; h += 2) {
+            bool two = h + 1 < H;
+            const float *qa = q + (int64_t)h * hd, *qb = two ? qa + hd : qa;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (int i = 0; i < hd; i++) {
+                const float *row = base + (int64_t)i * sg->ld;
+                __m256 x0 = _mm256_maskload_ps(row, m0);
+                __m256 x1 = _mm256_maskload_ps(row + 8, m1);
+                __m256 x2 = _mm256_maskload_ps(row + 16, m2);
+                __m256 x3 = _mm256_maskload_ps(row + 24, m3);
+                __m256 va = _mm256_set1_ps(qa[i]), vb = _mm256_set1_ps(qb[i]);
+                a0 = _mm256_add_ps(a0, _mm256_mul_ps(va, x0));
+                a1 = _mm256_add_ps(a1, _mm256_mul_ps(va, x1));
+                a2 = _mm256_add_ps(a2, _mm256_mul_ps(va, x2));
+                a3 = _mm256_add_ps(a3, _mm256_mul_ps(va, x3));
+                b0 = _mm256_add_ps(b0, _mm256_mul_ps(vb, x0));
+                b1 = _mm256_add_ps(b1, _mm256_mul_ps(vb, x1));
+                b2 = _mm256_add_ps(b2, _mm256_mul_ps(vb, x2));
+                b3 = _mm256_add_ps(b3, _mm256_mul_ps(vb, x3));
+            }
+            float *sa = sc + (int64_t)h * ss + j0;
+            _mm256_maskstore_ps(sa, m0, _mm256_mul_ps(a0, vs));
+            _mm256_maskstore_ps(sa + 8, m1, _mm256_mul_ps(a1, vs));
+            _mm256_maskstore_ps(sa + 16, m2, _mm256_mul_ps(a2, vs));
+            _mm256_maskstore_ps(sa + 24, m3, _mm256_mul_ps(a3, vs));
+            if (two) {
+                float *sb = sa + ss;
+                _mm256_maskstore_ps(sb, m0, _mm256_mul_ps(b0, vs));
+                _mm256_maskstore_ps(sb + 8, m1, _mm256_mul_ps(b1, vs));
+                _mm256_maskstore_ps(sb + 16, m2, _mm256_mul_ps(b2, vs));
+                _mm256_maskstore_ps(sb + 24, m3, _mm256_mul_ps(b3, vs));
+            }
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void exp_shift_avx2(const float *x, float m,
+                                                               int64_t n, float *y)
+{
+    const __m256 vm = _mm256_set1_ps(m);
+    for (int64_t e = 0; e < n; e += 8) {
+        __m256i k = lanes8(n - e);
+        __m256 v = _mm256_sub_ps(_mm256_maskload_ps(x + e, k), vm);
+        _mm256_maskstore_ps(y + e, k, exp_avx2(v));
+    }
+}
+
+#define PV256_ACC(A, P, X)                                                                    \
+    do {                                                                                      \
+        __m256 t0_ = _mm256_mul_ps((P), (X)[0]), t1_ = _mm256_mul_ps((P), (X)[1]);            \
+        (A)[0] = _mm256_add_pd((A)[0], _mm256_cvtps_pd(_mm256_castps256_ps128(t0_)));         \
+        (A)[1] = _mm256_add_pd((A)[1], _mm256_cvtps_pd(_mm256_extractf128_ps(t0_, 1)));       \
+        (A)[2] = _mm256_add_pd((A)[2], _mm256_cvtps_pd(_mm256_castps256_ps128(t1_)));         \
+        (A)[3] = _mm256_add_pd((A)[3], _mm256_cvtps_pd(_mm256_extractf128_ps(t1_, 1)));       \
+    } while (0)
+
+/* hd % 16 == 0: 16 head-dim elements of one or two heads in 4 / 8 double registers */
+__attribute__((target("avx2,fma"))) static void pv_avx2(int H, int hd, const float *pb,
+                                                       int64_t ps, int64_t n, const float *kr,
+                                                       double *acc)
+{
+    for (int i0 = 0; i0 < hd; i0 += 16) {
+        for (int h = 0; h < H; h += 2) {
+            bool two = h + 1 < H;
+            double *aa = acc + (int64_t)h * hd + i0, *ab = two ? aa + hd : aa;
+            const float *pa = pb + (int64_t)h * ps, *pbb = two ? pa + ps : pa;
+            __m256d A[4], B[4];
+            for (int k = 0; k < 4; k++) {
+                A[k] = _mm256_loadu_pd(aa + 4 * k);
+                B[k] = _mm256_loadu_pd(ab + 4 * k);
+            }
+            for (int64_t e = 0; e < n; e++) {
+                const float *k = kr + e * hd + i0;
+                __m256 X[2] = {_mm256_loadu_ps(k), _mm256_loadu_ps(k + 8)};
+                PV256_ACC(A, _mm256_set1_ps(pa[e]), X);
+                PV256_ACC(B, _mm256_set1_ps(pbb[e]), X);
+            }
+            for (int k = 0; k < 4; k++)
+                _mm256_storeu_pd(aa + 4 * k, A[k]);
+            if (two)
+                for (int k = 0; k < 4; k++)
+                    _mm256_storeu_pd(ab + 4 * k, B[k]);
+        }
+    }
+}
+
+#endif /* ATTN_X86 */
+
+/* ---------------- dispatch ---------------- */
+
+bool ds4__attn_isa_supported(ds4__attn_isa_t isa)
+{
+    switch (isa) {
+    case DS4__ATTN_ISA_C:
+        return true;
+#ifdef ATTN_X86
+    case DS4__ATTN_ISA_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case DS4__ATTN_ISA_AVX512:
+        return __builtin_cpu_supports("avx512f");
+#endif
+    default:
+        return false;
+    }
+}
+
+const char *ds4__attn_isa_name(ds4__attn_isa_t isa)
+{
+    switch (isa) {
+    case DS4__ATTN_ISA_C:
+        return "c";
+    case DS4__ATTN_ISA_AVX2:
+        return "avx2";
+    case DS4__ATTN_ISA_AVX512:
+        return "avx512";
+    default:
+        return "?";
+    }
+}
+
+ds4__attn_isa_t ds4__attn_isa_select(void)
+{
+    ds4__attn_isa_t cap = DS4__ATTN_ISA_AVX512;
+    const char *env = getenv("DS4_ATTN_ISA");
+    if (env != NULL) {
+        for (int i = 0; i < DS4__ATTN_ISA_COUNT; i++)
+            if (strcmp(env, ds4__attn_isa_name((ds4__attn_isa_t)i)) == 0)
+                cap = (ds4__attn_isa_t)i;
+    }
+    for (int i = cap; i > 0; i--)
+        if (ds4__attn_isa_supported((ds4__attn_isa_t)i))
+            return (ds4__attn_isa_t)i;
+    return DS4__ATTN_ISA_C;
+}
+
+static attn_kernels_t kernels_for(ds4__attn_isa_t isa, int hd)
+{
+    attn_kernels_t k = {.scores = scores_c, .exp_shift = exp_shift_c, .pv = pv_c};
+    DS4_ASSERT(ds4__attn_isa_supported(isa));
+#ifdef ATTN_X86
+    if (isa == DS4__ATTN_ISA_AVX512) {
+        k.scores = scores_avx512;
+        k.exp_shift = exp_shift_avx512;
+        if (hd % 64 == 0)
+            k.pv = pv_avx512;
+        else if (hd % 16 == 0 && ds4__attn_isa_supported(DS4__ATTN_ISA_AVX2))
+            k.pv = pv_avx2;
+    } else if (isa == DS4__ATTN_ISA_AVX2) {
+        k.scores = scores_avx2;
+        k.exp_shift = exp_shift_avx2;
+        if (hd % 16 == 0)
+            k.pv = pv_avx2;
+    }
+#else
+    (void)hd;
+#endif
+    return k;
+}
+
+void ds4__attn_exp(ds4__attn_isa_t isa, const float *x, int64_t n, float *y)
+{
+    attn_kernels_t k = kernels_for(isa, 0);
+    k.exp_shift(x, 0.0f, n, y);
+}
+
+/* ---------------- one query ---------------- */
+
+static int64_t score_stride(int64_t n_entries)
+{
+    return (n_entries + 15) / 16 * 16;
+}
+
+size_t ds4__attn_scratch_bytes(const ds4__attn_shape_t *sh, int64_t n_entries)
+{
+    size_t H = (size_t)sh->n_heads, hd = (size_t)sh->head_dim;
+    return H * hd * sizeof(double) +
+           (H * (size_t)score_stride(n_entries) + H * DS4__ATTN_BLOCK + 2 * H) * sizeof(float);
+}
+
+void ds4__attn_query(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const ds4__attn_seg_t *segs,
+                     int n_segs, const float *q, float *o, void *scratch)
+{
+    const int H = sh->n_heads, hd = sh->head_dim;
+    attn_kernels_t K = kernels_for(isa, hd);
+    int64_t n = 0;
+    for (int s = 0; s < n_segs; s++)
+        n += segs[s].n;
+    const int64_t ss = score_stride(n);
+    double *acc = scratch;                           /* [H][hd] */
+    float *sc = (float *)(acc + (int64_t)H * hd);    /* [H][ss] scores */
+    float *pb = sc + (int64_t)H * ss;                /* [H][64] bf16 probabilities of a block */
+    float *mrun = pb + (int64_t)H * DS4__ATTN_BLOCK; /* [H] running max */
+    float *sum = mrun + H;                           /* [H] running denominator */
+
+    int64_t off = 0;
+    for (int s = 0; s < n_segs; s++) {
+        if (segs[s].kt == NULL) {
+            for (int h = 0; h < H; h++)
+                for (int64_t e = 0; e < segs[s].n; e++)
+                    sc[(int64_t)h * ss + off + e] = -INFINITY;
+        } else if (segs[s].n > 0) {
+            K.scores(q, H, hd, &segs[s], sh->scale, sc + off, ss);
+        }
+        off += segs[s].n;
+    }
+    memset(acc, 0, sizeof(double) * (size_t)H * (size_t)hd);
+    for (int h = 0; h < H; h++) {
+        mrun[h] = -INFINITY;
+        sum[h] = 0.0f;
+    }
+    int si = 0;
+    int64_t sj = 0; /* entry b0 is entry sj of segment si */
+    for (int64_t b0 = 0; b0 < n; b0 += DS4__ATTN_BLOCK) {
+        int64_t b1 = b0 + DS4__ATTN_BLOCK < n ? b0 + DS4__ATTN_BLOCK : n, nb = b1 - b0;
+        for (int h = 0; h < H; h++) {
+            const float *s = sc + (int64_t)h * ss + b0;
+            float bm = mrun[h];
+            for (int64_t e = 0; e < nb; e++)
+                bm = s[e] > bm ? s[e] : bm;
+            float rescale = ds4__exp_ref(mrun[h] - bm);
+            /* the block's probabilities sum over all 64 slots (invalid/padding = 0) in the
+             * reference's row-reduction order */
+            float p[DS4__ATTN_BLOCK];
+            K.exp_shift(s, bm, nb, p);
+            for (int64_t e = nb; e < DS4__ATTN_BLOCK; e++)
+                p[e] = 0.0f;
+            float bsum = ds4__sum_row_f32(p, DS4__ATTN_BLOCK);
+            sum[h] = sum[h] * rescale + bsum;
+            double *a = acc + (int64_t)h * hd;
+            for (int i = 0; i < hd; i++)
+                a[i] = (double)(float)(a[i] * rescale);
+            for (int64_t e = 0; e < nb; e++)
+                pb[h * DS4__ATTN_BLOCK + e] = ds4_round_bf16(p[e]);
+            mrun[h] = bm;
+        }
+        /* P.V over the block's valid entries, in entry order */
+        for (int64_t e = b0; e < b1;) {
+            while (sj == segs[si].n) {
+                si++;
+                sj = 0;
+            }
+            const ds4__attn_seg_t *sg = &segs[si];
+            int64_t take = sg->n - sj < b1 - e ? sg->n - sj : b1 - e;
+            if (sg->kt != NULL)
+                K.pv(H, hd, pb + (e - b0), DS4__ATTN_BLOCK, take, sg->kr + sj * hd, acc);
+            e += take;
+            sj += take;
+        }
+    }
+    for (int h = 0; h < H; h++) {
+        float den = sum[h] + ds4__exp_ref(sh->sink[h] - mrun[h]);
+        for (int i = 0; i < hd; i++)
+            o[(int64_t)h * hd + i] = ds4_round_bf16((float)acc[(int64_t)h * hd + i] / den);
+    }
+}
