@@ -1,9 +1,11 @@
-/* The CPU backend: OpenBLAS sgemm on weight tiles dequantised on the fly (FP8/FP4/BF16 ->
- * fp32, 128 rows at a time, each thread its own tile), activations quantised once per call. */
+/* The CPU backend: FP8/FP4 weights with quantised activations through the K-blocked GEMM
+ * (kgemm.h); F32/BF16 weights and DS4_MATMUL_NO_ACT_QUANT through OpenBLAS sgemm or
+ * sequential dots on weight tiles dequantised on the fly (128 rows, each thread its own tile). */
 #include "ds4/backend.h"
 #include "ds4/alloc.h"
 #include "ds4/log.h"
 #include "ds4/threadpool.h"
+#include "kgemm.h"
 
 #include <cblas.h>
 #include <string.h>
@@ -63,7 +65,6 @@ typedef struct mm_job {
     int64_t tile;
     int64_t n_tiles;
     bool seq;            /* sequential fp32 dot products instead of sgemm (see cpu_matmul) */
-    int64_t kblock;      /* >0: K-blocked accumulation, blocks of this many inputs */
 } mm_job_t;
 
 /* y[r][o] = x[r] . W[o] as plain sequential fp32 sums (element 0 first), 4 weight rows at a
@@ -122,20 +123,6 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
         }
         if (j->seq) {
             seq_dots(j->x, j->m, k, wt, nr, j->y + r0, j->ldy);
-            continue;
-        }
-        if (j->kblock > 0) {
-            /* y = sum over K blocks, in order, of the block's dot products: one sgemm per
-             * block, beta = 1 after the first (OpenBLAS adds the block's register sum to C
-             * once: y = fl(y + block)). A block's sum of e4m3 x e4m3/e2m1 products is exact
-             * in fp32 in practice, so sgemm's order inside it does not matter. */
-            for (int64_t b = 0; b < j->m; b += j->rb)
-                for (int64_t k0 = 0; k0 < k; k0 += j->kblock) {
-                    int64_t kl = k - k0 < j->kblock ? k - k0 : j->kblock;
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->rb, (int)nr,
-                                (int)kl, 1.0f, j->x + b * k + k0, (int)k, wt + k0, (int)k,
-                                k0 == 0 ? 0.0f : 1.0f, j->y + b * j->ldy + r0, (int)j->ldy);
-                }
             continue;
         }
         /* Fixed 16-row blocks: every sgemm call of a weight tile has the same shape, so
@@ -229,16 +216,29 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
     }
     if (m <= 0 || w->n <= 0)
         return;
+    bool quant = (w->type == DS4_W_FP8 || w->type == DS4_W_FP4) &&
+                 !(flags & DS4_MATMUL_NO_ACT_QUANT);
+    if (quant) {
+        /* FP8/FP4 weights with quantised activations accumulate like the reference's fp8_gemm
+         * / fp4_gemm kernels: fp32 partial sums per 128-input block along K (the activation
+         * scale block), each scaled (powers of two: exact on the dequantised values) and added
+         * to the output in block order (kgemm.h states the order). Summing all of K at once
+         * instead rounds at other points and flips bf16 outputs (measured on the golden
+         * checkpoint; blocked, it is bit-exact). The reference's fp4_gemm adds per 32-input
+         * sub-block; that equals the 128-block sum whenever the latter is exact in fp32
+         * (identical on the golden). Rows are independent by construction (no padding). */
+        float *xq = ds4_malloc_array((size_t)m, (size_t)w->k * sizeof(float));
+        DS4_ASSERT(xq != NULL);
+        aq_job_t aj = {.x = x, .xq = xq, .k = w->k};
+        ds4_threadpool_parallel_for(be->pool, (size_t)m, aq_rows, &aj);
+        ds4_status_t st = ds4__kgemm_matmul(NULL, be->pool, w, m, xq, y);
+        DS4_ASSERT(st == DS4_OK);
+        ds4_free(xq);
+        return;
+    }
     /* OpenBLAS picks kernels by shape (results differ in the last bits), so rows are padded
      * to a multiple of the weight's row block and computed in blocks of exactly that many: every
-     * row's result is independent of the batch (chunked prefill == whole prefill, bitwise). */
-    /* FP8/FP4 weights with quantised activations accumulate like the reference's fp8_gemm /
-     * fp4_gemm kernels: fp32 partial sums per 128-input block along K (the activation scale
-     * block), each scaled (powers of two: exact on the dequantised values) and added to the
-     * output in block order. Summing all of K in one sgemm instead rounds at other points and
-     * flips bf16 outputs (measured on the golden checkpoint; blocked, it is bit-exact). The
-     * reference's fp4_gemm adds per 32-input sub-block; that equals the 128-block sum whenever
-     * the latter is exact in fp32 (identical on the golden) and costs 4x more sgemm calls.
+     * row's result is independent of the batch (chunked prefill == whole prefill, bitwise).
      * DS4_MATMUL_NO_ACT_QUANT (the reference's bf16 einsum with wo_a, fp32 accumulation) is
      * computed as sequential fp32 dot products: measured on the golden checkpoint, that order
      * reproduces the reference's bf16 outputs where sgemm's blocked order flips roundings. */
@@ -253,22 +253,14 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
     }
     float *xq = NULL;
     const float *xin = x;
-    bool quant = (w->type == DS4_W_FP8 || w->type == DS4_W_FP4) &&
-                 !(flags & DS4_MATMUL_NO_ACT_QUANT);
-    if (quant || m_run != m) {
+    if (m_run != m) {
         xq = ds4_calloc((size_t)(m_run * w->k), sizeof(float));
         DS4_ASSERT(xq != NULL);
-        if (quant) {
-            aq_job_t aj = {.x = x, .xq = xq, .k = w->k};
-            ds4_threadpool_parallel_for(be->pool, (size_t)m, aq_rows, &aj);
-        } else {
-            memcpy(xq, x, (size_t)(m * w->k) * sizeof(float));
-        }
+        memcpy(xq, x, (size_t)(m * w->k) * sizeof(float));
         xin = xq;
     }
     mm_job_t j = {.w = w, .m = m_run, .x = xin, .y = yout, .ldy = w->n, .rb = rb, .tile = 128,
-                  .seq = (flags & DS4_MATMUL_NO_ACT_QUANT) != 0,
-                  .kblock = quant ? 128 : 0};
+                  .seq = (flags & DS4_MATMUL_NO_ACT_QUANT) != 0};
     if (w->type == DS4_W_F32 || w->type == DS4_W_BF16 || w->f32 != NULL) {
         /* Enough tiles for every thread, never below 64 rows. */
         int64_t per = (w->n + be->n_threads - 1) / be->n_threads;
