@@ -479,6 +479,21 @@ void ds4__attn_exp(ds4__attn_isa_t isa, const float *x, int64_t n, float *y)
     k.exp_shift(x, 0.0f, n, y);
 }
 
+void ds4__attn_scores(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const ds4__attn_seg_t *seg,
+                      const float *q, float *sc, int64_t ss)
+{
+    attn_kernels_t k = kernels_for(isa, sh->head_dim);
+    if (seg->n > 0)
+        k.scores(q, sh->n_heads, sh->head_dim, seg, sh->scale, sc, ss);
+}
+
+void ds4__attn_pv(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const float *pb, int64_t ps,
+                  int64_t n, const float *kr, double *acc)
+{
+    attn_kernels_t k = kernels_for(isa, sh->head_dim);
+    k.pv(sh->n_heads, sh->head_dim, pb, ps, n, kr, acc);
+}
+
 /* ---------------- one query ---------------- */
 
 static int64_t score_stride(int64_t n_entries)

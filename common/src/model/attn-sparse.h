@@ -64,7 +64,14 @@ size_t ds4__attn_scratch_bytes(const ds4__attn_shape_t *sh, int64_t n_entries);
 void ds4__attn_query(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const ds4__attn_seg_t *segs,
                      int n_segs, const float *q, float *o, void *scratch);
 
-/* y[e] = ds4__exp_ref(x[e]) for e < n, with the `isa` kernel (tests). */
+/* The kernels of ds4__attn_query, one at a time (tests compare their unrounded results):
+ * sc[h * ss + j] = score of key j of seg (j < seg->n) for head h, times sh->scale; */
+void ds4__attn_scores(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const ds4__attn_seg_t *seg,
+                      const float *q, float *sc, int64_t ss);
+/* for e < n in order, for each head h: acc[h][i] += (double)(pb[h * ps + e] * kr[e * hd + i]); */
+void ds4__attn_pv(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const float *pb, int64_t ps,
+                  int64_t n, const float *kr, double *acc);
+/* y[e] = ds4__exp_ref(x[e]) for e < n. */
 void ds4__attn_exp(ds4__attn_isa_t isa, const float *x, int64_t n, float *y);
 
 #endif

@@ -1,0 +1,452 @@
+/* Sparse attention kernels (common/src/model/attn-sparse.c): every dispatch level this CPU runs
+ * against a plain reference written here from the formula (docs/engine.md "Numerics": sequential
+ * fp32 q.k, blocks of 64 entries with online softmax, block sums in the reference's row order,
+ * bf16 probabilities, double P.V accumulators rounded to fp32 at each rescale, sink in the
+ * denominator), bit for bit, on long random contexts: window runs of every length, padding,
+ * HCA-like runs of several 64-key tiles with ragged tails, CSA-like scattered selections;
+ * then the engine itself (default tiny model, 1,500 tokens, HCA ratio 128): portable vs best
+ * level and whole vs unaligned chunks, logits bitwise identical. */
+#include "test.h"
+
+#include "attn-sparse.h"
+#include "model-internal.h"
+
+#include "ds4/alloc.h"
+#include "ds4/model.h"
+#include "mkmodel.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint32_t rnd32(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(rng_state >> 32);
+}
+
+/* uniform in [-1, 1) */
+static float rndf(void)
+{
+    return (float)((double)rnd32() / 2147483648.0 - 1.0);
+}
+
+static uint32_t bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    return u;
+}
+
+static float from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+/* ---------------- exp ---------------- */
+
+static void test_exp_levels(void)
+{
+    enum { N = 1 << 20 };
+    float *x = ds4_malloc_array(N, sizeof(float));
+    float *y = ds4_malloc_array(N, sizeof(float));
+    DS4_CHECK(x != NULL && y != NULL);
+    static const float edges[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 104.0f, -104.0f,
+                                  104.00001f, -104.00001f, 88.72283f, 88.72284f, -87.33654f,
+                                  -87.33655f, -103.97208f, -100.0f, 1e-30f, -1e-30f, 0.5f,
+                                  -0.34657359f, 0.34657359f, 1.0f, -1.0f};
+    int ne = (int)(sizeof(edges) / sizeof(edges[0]));
+    for (int i = 0; i < N; i++) {
+        if (i < ne)
+            x[i] = edges[i];
+        else if (i < N / 2)
+            x[i] = 110.0f * rndf(); /* the whole finite range incl. subnormal results */
+        else if (i < 3 * N / 4)
+            x[i] = -20.0f * (float)((double)rnd32() / 4294967296.0); /* softmax range */
+        else {
+            uint32_t u = rnd32();
+            if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu) != 0)
+                u |= 0x400000u; /* quiet NaNs only (signalling ones change on arithmetic) */
+            x[i] = from_bits(u);
+        }
+    }
+    /* the scalar reference against libm in double: within 1 ulp (independent sanity) */
+    int far = 0;
+    for (int i = 0; i < N; i++) {
+        float r = ds4__exp_ref(x[i]);
+        double ref = exp((double)x[i]);
+        if (isnan(x[i]) || x[i] > 104.0f || x[i] < -104.0f || ref < 0x1p-126 ||
+            ref > 0x1p127)
+            continue;
+        if (fabs((double)r - ref) > ldexp(1.0, ilogb(ref) - 23))
+            far++;
+    }
+    DS4_CHECKF(far == 0, "%d values of ds4__exp_ref off by more than 1 ulp", far);
+    for (int isa = 0; isa < DS4__ATTN_ISA_COUNT; isa++) {
+        if (!ds4__attn_isa_supported((ds4__attn_isa_t)isa))
+            continue;
+        ds4__attn_exp((ds4__attn_isa_t)isa, x, N, y);
+        int bad = 0, first = -1;
+        for (int i = 0; i < N; i++) {
+            float r = ds4__exp_ref(x[i]);
+            if (bits(r) != bits(y[i]) && !(isnan(r) && isnan(y[i]))) {
+                bad++;
+                if (first < 0)
+                    first = i;
+            }
+        }
+        DS4_CHECKF(bad == 0, "exp %s: %d of %d differ (first x=%a: %a vs %a)",
+                   ds4__attn_isa_name((ds4__attn_isa_t)isa), bad, N,
+                   first >= 0 ? (double)x[first] : 0.0,
+                   first >= 0 ? (double)y[first] : 0.0,
+                   first >= 0 ? (double)ds4__exp_ref(x[first]) : 0.0);
+        printf("exp %-6s: %d values bitwise equal to ds4__exp_ref: %s\n",
+               ds4__attn_isa_name((ds4__attn_isa_t)isa), N, bad == 0 ? "yes" : "NO");
+    }
+    ds4_free(x);
+    ds4_free(y);
+}
+
+/* ---------------- one query ---------------- */
+
+/* The plain reference: entries e < n with row pointers rows[e] (NULL = invalid). */
+static void ref_query(int H, int hd, const float *q, const float *const *rows, int64_t n,
+                      const float *sink, float *o)
+{
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    double *acc = ds4_malloc_array((size_t)hd, sizeof(double));
+    DS4_CHECK(acc != NULL);
+    for (int h = 0; h < H; h++) {
+        const float *qh = q + (int64_t)h * hd;
+        float mrun = -INFINITY, sum = 0.0f;
+        for (int i = 0; i < hd; i++)
+            acc[i] = 0.0;
+        for (int64_t b0 = 0; b0 < n; b0 += 64) {
+            int64_t b1 = b0 + 64 < n ? b0 + 64 : n;
+            float sc[64], pr[64];
+            float bm = mrun;
+            for (int64_t e = b0; e < b1; e++) {
+                if (rows[e] == NULL) {
+                    sc[e - b0] = -INFINITY;
+                    continue;
+                }
+                float d = 0.0f;
+                for (int i = 0; i < hd; i++) {
+                    float prod = qh[i] * rows[e][i];
+                    d = d + prod;
+                }
+                sc[e - b0] = d * scale;
+                if (sc[e - b0] > bm)
+                    bm = sc[e - b0];
+            }
+            float rescale = ds4__exp_ref(mrun - bm);
+            for (int64_t e = 0; e < 64; e++)
+                pr[e] = b0 + e < b1 ? ds4__exp_ref(sc[e] - bm) : 0.0f;
+            sum = sum * rescale + ds4__sum_row_f32(pr, 64);
+            for (int i = 0; i < hd; i++) {
+                double scaled = acc[i] * (double)rescale;
+                acc[i] = (double)(float)scaled;
+            }
+            for (int64_t e = b0; e < b1; e++) {
+                if (rows[e] == NULL)
+                    continue;
+                float pbf = ds4_round_bf16(pr[e - b0]);
+                for (int i = 0; i < hd; i++) {
+                    float prod = pbf * rows[e][i];
+                    acc[i] = acc[i] + (double)prod;
+                }
+            }
+            mrun = bm;
+        }
+        sum = sum + ds4__exp_ref(sink[h] - mrun);
+        for (int i = 0; i < hd; i++)
+            o[(int64_t)h * hd + i] = ds4_round_bf16((float)acc[i] / sum);
+    }
+    ds4_free(acc);
+}
+
+/* values like the engine's (bf16: products exact in fp32), or full fp32 mantissas (products
+ * round: then the order of every sum and the absence of FMA show in the results) */
+static float key_value(bool full)
+{
+    float v = rndf() * (float)(1 << (rnd32() % 4));
+    return full ? v : ds4_round_bf16(v);
+}
+
+typedef struct qcase {
+    int H, hd, win;
+    int64_t p;        /* query position: window holds min(p + 1, win) keys */
+    int64_t n_comp;   /* compressed entries */
+    bool scattered;   /* CSA-like: compressed entries picked in random order from a pool */
+    bool full;        /* full fp32 mantissas (else bf16 values) */
+} qcase_t;
+
+/* The score and P.V kernels of every level on one key run, before any rounding to bf16:
+ * scores against sequential fp32 sums, accumulators against the double loop. Returns the
+ * number of levels that differ. */
+static int kernel_levels(const ds4__attn_shape_t *sh, const ds4__attn_seg_t *sg,
+                         const qcase_t *cs)
+{
+    const int H = sh->n_heads, hd = sh->head_dim;
+    int64_t n = sg->n, ss = n + 5;
+    if (n == 0)
+        return 0;
+    float *q = ds4_malloc_array((size_t)(H * hd), sizeof(float));
+    float *sc = ds4_malloc_array((size_t)(H * ss), sizeof(float));
+    float *scref = ds4_malloc_array((size_t)(H * ss), sizeof(float));
+    float *pb = ds4_malloc_array((size_t)(H * n), sizeof(float));
+    double *acc0 = ds4_malloc_array((size_t)(H * hd), sizeof(double));
+    double *acc = ds4_malloc_array((size_t)(H * hd), sizeof(double));
+    double *accref = ds4_malloc_array((size_t)(H * hd), sizeof(double));
+    DS4_CHECK(q && sc && scref && pb && acc0 && acc && accref);
+    for (int i = 0; i < H * hd; i++) {
+        q[i] = key_value(cs->full);
+        acc0[i] = (double)(rndf() * 8.0f);
+        accref[i] = acc0[i];
+    }
+    for (int64_t i = 0; i < H * n; i++)
+        pb[i] = ds4_round_bf16(0.5f * (rndf() + 1.0f));
+    for (int h = 0; h < H; h++) {
+        for (int64_t j = 0; j < n; j++) {
+            float d = 0.0f;
+            for (int i = 0; i < hd; i++) {
+                float prod = q[h * hd + i] * sg->kr[j * hd + i];
+                d = d + prod;
+            }
+            scref[h * ss + j] = d * sh->scale;
+        }
+    }
+    for (int64_t j = 0; j < n; j++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < hd; i++) {
+                float prod = pb[h * n + j] * sg->kr[j * hd + i];
+                accref[h * hd + i] = accref[h * hd + i] + (double)prod;
+            }
+    int bad_levels = 0;
+    for (int isa = 0; isa < DS4__ATTN_ISA_COUNT; isa++) {
+        if (!ds4__attn_isa_supported((ds4__attn_isa_t)isa))
+            continue;
+        ds4__attn_scores((ds4__attn_isa_t)isa, sh, sg, q, sc, ss);
+        memcpy(acc, acc0, sizeof(double) * (size_t)(H * hd));
+        ds4__attn_pv((ds4__attn_isa_t)isa, sh, pb, n, n, sg->kr, acc);
+        int dsc = 0, dacc = 0;
+        for (int h = 0; h < H; h++)
+            for (int64_t j = 0; j < n; j++)
+                dsc += bits(sc[h * ss + j]) != bits(scref[h * ss + j]);
+        for (int i = 0; i < H * hd; i++)
+            dacc += memcmp(&acc[i], &accref[i], sizeof(double)) != 0;
+        DS4_CHECKF(dsc == 0 && dacc == 0,
+                   "%s kernels, H %d hd %d run of %lld keys%s: %d scores, %d accumulators differ",
+                   ds4__attn_isa_name((ds4__attn_isa_t)isa), H, hd, (long long)n,
+                   cs->full ? " fp32" : "", dsc, dacc);
+        bad_levels += dsc != 0 || dacc != 0;
+    }
+    ds4_free(q);
+    ds4_free(sc);
+    ds4_free(scref);
+    ds4_free(pb);
+    ds4_free(acc0);
+    ds4_free(acc);
+    ds4_free(accref);
+    return bad_levels;
+}
+
+static int run_case(const qcase_t *cs)
+{
+    const int H = cs->H, hd = cs->hd, win = cs->win;
+    int64_t nw = cs->p + 1 < win ? cs->p + 1 : win;
+    int64_t L = nw + 37;       /* the window matrix holds extra positions around the run */
+    int64_t w0 = 17;           /* the run starts at column 17 (unaligned) */
+    int64_t pool = cs->scattered ? cs->n_comp * 3 + 5 : cs->n_comp;
+    int64_t n_tiles = (cs->n_comp + 63) / 64;
+    int64_t n = win + cs->n_comp;
+    float *wr = ds4_malloc_array((size_t)(L * hd), sizeof(float));
+    float *wt = ds4_malloc_array((size_t)(L * hd), sizeof(float));
+    float *prow = ds4_malloc_array((size_t)((pool + 1) * hd), sizeof(float));
+    float *cr = ds4_malloc_array((size_t)((cs->n_comp + 1) * hd), sizeof(float));
+    float *ct = ds4_calloc((size_t)((n_tiles + 1) * 64 * hd), sizeof(float));
+    float *q = ds4_malloc_array((size_t)(H * hd), sizeof(float));
+    float *o = ds4_malloc_array((size_t)(H * hd), sizeof(float));
+    float *oref = ds4_malloc_array((size_t)(H * hd), sizeof(float));
+    const float **rows = ds4_malloc_array((size_t)n, sizeof(*rows));
+    float sink[8];
+    DS4_CHECK(wr && wt && prow && cr && ct && q && o && oref && rows);
+    for (int64_t i = 0; i < L * hd; i++)
+        wr[i] = key_value(cs->full);
+    for (int64_t r = 0; r < L; r++)
+        for (int i = 0; i < hd; i++)
+            wt[(int64_t)i * L + r] = wr[r * hd + i];
+    for (int64_t i = 0; i < pool * hd; i++)
+        prow[i] = key_value(cs->full);
+    for (int64_t g = 0; g < cs->n_comp; g++) {
+        int64_t src = cs->scattered ? (int64_t)(rnd32() % (uint32_t)pool) : g;
+        memcpy(cr + g * hd, prow + src * hd, sizeof(float) * (size_t)hd);
+        for (int i = 0; i < hd; i++)
+            ct[(g / 64) * 64 * hd + (int64_t)i * 64 + g % 64] = cr[g * hd + i];
+    }
+    for (int i = 0; i < H * hd; i++)
+        q[i] = key_value(cs->full) * 2.0f;
+    for (int h = 0; h < H; h++)
+        sink[h] = rndf() * 3.0f;
+    int64_t e = 0;
+    for (int64_t w = 0; w < win; w++)
+        rows[e++] = w < nw ? wr + (w0 + w) * hd : NULL;
+    for (int64_t g = 0; g < cs->n_comp; g++)
+        rows[e++] = cr + g * hd;
+    ref_query(H, hd, q, rows, n, sink, oref);
+
+    ds4__attn_seg_t segs[3] = {
+        {.n = nw, .kt = wt + w0, .ld = L, .tile_stride = 64, .kr = wr + w0 * hd},
+        {.n = win - nw},
+        {.n = cs->n_comp, .kt = ct, .ld = 64, .tile_stride = 64 * (int64_t)hd, .kr = cr},
+    };
+    ds4__attn_shape_t sh = {.n_heads = H, .head_dim = hd,
+                            .scale = (float)(1.0 / sqrt((double)hd)), .sink = sink};
+    void *scratch = ds4_aligned_alloc(64, ds4__attn_scratch_bytes(&sh, n));
+    DS4_CHECK(scratch != NULL);
+    int bad_levels = kernel_levels(&sh, &segs[0], cs) + kernel_levels(&sh, &segs[2], cs);
+    for (int isa = 0; isa < DS4__ATTN_ISA_COUNT; isa++) {
+        if (!ds4__attn_isa_supported((ds4__attn_isa_t)isa))
+            continue;
+        memset(o, 0xff, sizeof(float) * (size_t)(H * hd));
+        ds4__attn_query((ds4__attn_isa_t)isa, &sh, segs, 3, q, o, scratch);
+        int diff = 0;
+        for (int i = 0; i < H * hd; i++)
+            diff += bits(o[i]) != bits(oref[i]);
+        DS4_CHECKF(diff == 0,
+                   "%s: H %d hd %d win %d p %lld comp %lld%s%s: %d of %d outputs differ",
+                   ds4__attn_isa_name((ds4__attn_isa_t)isa), H, hd, win, (long long)cs->p,
+                   (long long)cs->n_comp, cs->scattered ? " scattered" : "",
+                   cs->full ? " fp32" : "", diff, H * hd);
+        bad_levels += diff != 0;
+    }
+    ds4_free(scratch);
+    ds4_free(wr);
+    ds4_free(wt);
+    ds4_free(prow);
+    ds4_free(cr);
+    ds4_free(ct);
+    ds4_free(q);
+    ds4_free(o);
+    ds4_free(oref);
+    ds4_free(rows);
+    return bad_levels;
+}
+
+static void test_query_levels(void)
+{
+    int n_cases = 0, n_bad = 0;
+    /* fixed shapes: window fill levels, tails of every kind, several tiles */
+    static const qcase_t fixed[] = {
+        {2, 128, 128, 0, 0, false, false}, {2, 128, 128, 5, 0, false, false},
+        {2, 128, 128, 63, 0, false, false}, {2, 128, 128, 64, 0, false, false},
+        {2, 128, 128, 127, 0, false, false}, {2, 128, 128, 1000, 7, false, false},
+        {2, 128, 128, 9000, 70, false, false}, {2, 128, 128, 200000, 1563, false, false},
+        {2, 128, 128, 3000, 64, true, false}, {2, 128, 128, 500, 37, true, false},
+        {3, 128, 128, 700, 130, false, false}, {1, 128, 128, 4000, 31, false, false},
+        {2, 64, 100, 40, 129, false, false}, {3, 48, 100, 300, 65, true, false},
+        {4, 512, 128, 9000, 200, false, false}, {2, 16, 70, 69, 300, false, false},
+    };
+    for (int full = 0; full < 2; full++) {
+        for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++, n_cases++) {
+            qcase_t cs = fixed[i];
+            cs.full = full != 0;
+            n_bad += run_case(&cs) != 0;
+        }
+    }
+    /* random shapes */
+    static const int hds[] = {16, 48, 64, 128, 192, 256};
+    for (int i = 0; i < 60; i++, n_cases++) {
+        qcase_t cs = {.H = 1 + (int)(rnd32() % 4), .hd = hds[rnd32() % 6],
+                      .win = 1 + (int)(rnd32() % 200)};
+        cs.p = rnd32() % 3 == 0 ? (int64_t)(rnd32() % (uint32_t)cs.win) : cs.win + 5000;
+        cs.n_comp = rnd32() % 4 == 0 ? 0 : (int64_t)(rnd32() % 900);
+        cs.scattered = (rnd32() & 1) != 0;
+        cs.full = (rnd32() & 1) != 0;
+        n_bad += run_case(&cs) != 0;
+    }
+    printf("one-query attention: %d cases, every level bitwise equal to the plain reference: "
+           "%s\n", n_cases, n_bad == 0 ? "yes" : "NO");
+}
+
+/* ---------------- the engine, long context ---------------- */
+
+#define ENG_N 1500
+
+/* Prefills `prompt` in chunks of `chunk` and returns the logits of the last position. */
+static float *engine_logits(ds4_model_h m, const int32_t *prompt, int chunk, const char *isa)
+{
+    int V = ds4_model_config(m)->vocab_size;
+    float *logits = ds4_malloc_array((size_t)V, sizeof(float));
+    ds4_seq_h s;
+    DS4_CHECK(logits != NULL);
+    DS4_CHECK_STATUS(ds4_seq_create(m, &s), DS4_OK);
+    setenv("DS4_ATTN_ISA", isa, 1);
+    for (int i = 0; i < ENG_N; i += chunk) {
+        int k = ENG_N - i < chunk ? ENG_N - i : chunk;
+        ds4_step_item_t it = {.seq = s, .tokens = prompt + i, .n_tokens = k,
+                              .logits = i + k == ENG_N ? logits : NULL};
+        DS4_CHECK_STATUS(ds4_model_step(m, &it, 1, NULL), DS4_OK);
+    }
+    unsetenv("DS4_ATTN_ISA");
+    ds4_seq_destroy(s);
+    return logits;
+}
+
+static void test_engine_levels(void)
+{
+    char dir[] = "/tmp/ds4-attn-XXXXXX";
+    DS4_CHECK(mkdtemp(dir) != NULL);
+    ds4_mkmodel_params_t mp = ds4_mkmodel_params_default();
+    DS4_CHECK_STATUS(ds4_mkmodel_write(dir, &mp), DS4_OK);
+    ds4_model_h m;
+    DS4_CHECK_STATUS(ds4_model_load(dir, NULL, &m, NULL), DS4_OK);
+    int V = ds4_model_config(m)->vocab_size;
+    int32_t *prompt = ds4_malloc_array(ENG_N, sizeof(int32_t));
+    DS4_CHECK(prompt != NULL);
+    for (int i = 0; i < ENG_N; i++)
+        prompt[i] = (int32_t)(((int64_t)i * 104729 + 7) % V);
+    const char *best = ds4__attn_isa_name(ds4__attn_isa_select());
+    float *ref = engine_logits(m, prompt, ENG_N, "c");
+    float *a = engine_logits(m, prompt, ENG_N, best);
+    float *b = engine_logits(m, prompt, 333, best);
+    float *c = engine_logits(m, prompt, 333, "c");
+    size_t bytes = sizeof(float) * (size_t)V;
+    DS4_CHECKF(memcmp(ref, a, bytes) == 0, "%s differs from c (whole prompt)", best);
+    DS4_CHECKF(memcmp(ref, b, bytes) == 0, "%s chunks of 333 differ from c whole", best);
+    DS4_CHECKF(memcmp(ref, c, bytes) == 0, "c chunks of 333 differ from c whole");
+    printf("engine, %d tokens: logits of c / %s, whole / chunks of 333: bitwise identical: %s\n",
+           ENG_N, best,
+           memcmp(ref, a, bytes) == 0 && memcmp(ref, b, bytes) == 0 &&
+                   memcmp(ref, c, bytes) == 0
+               ? "yes"
+               : "NO");
+    ds4_free(ref);
+    ds4_free(a);
+    ds4_free(b);
+    ds4_free(c);
+    ds4_free(prompt);
+    ds4_model_free(m);
+    char path[64];
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    for (int isa = 0; isa < DS4__ATTN_ISA_COUNT; isa++)
+        printf("level %-6s: %s\n", ds4__attn_isa_name((ds4__attn_isa_t)isa),
+               ds4__attn_isa_supported((ds4__attn_isa_t)isa) ? "runs here" : "not on this CPU");
+    DS4_RUN(test_exp_levels);
+    DS4_RUN(test_query_levels);
+    DS4_RUN(test_engine_levels);
+    return ds4_test_finish();
+}
