@@ -628,7 +628,9 @@ static void api_post(ds4_http_exchange_h ex, const ds4_http_request_t *req, rout
                 n_prompt = 0;
             ds4_free(ids);
         }
-        a->sp.max_tokens = ctx > n_prompt + 1 ? ctx - (uint32_t)n_prompt : 16;
+        uint32_t left = ctx > n_prompt + 1 ? ctx - (uint32_t)n_prompt : 1;
+        a->sp.max_tokens = DS4_MAX(1u, ctx == 0 ? rt->opt.default_max_tokens
+                                               : DS4_MIN(left, rt->opt.default_max_tokens));
     }
     /* logprobs: the proto's N is the sampled token + the top N-1 */
     a->sp.logprobs = a->want_logprobs ? a->top_logprobs + 1 : 0;

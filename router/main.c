@@ -282,6 +282,7 @@ int main(int argc, char **argv)
         .drain_timeout_ms = 30000,
         .default_timeout_ms = 600000,
         .max_logprobs = 20,
+        .default_max_tokens = 4096,
     };
     const ds4_opt_t opts[] = {
         {"grpc-listen", DS4_OPT_STR, &rt.opt.grpc_listen, "gRPC address (public API + workers)"},
@@ -301,6 +302,8 @@ int main(int argc, char **argv)
         {"max-context", DS4_OPT_U32, &rt.opt.max_context,
          "context length limit (0: from the workers)"},
         {"max-logprobs", DS4_OPT_U32, &rt.opt.max_logprobs, "largest sampling.logprobs accepted"},
+        {"default-max-tokens", DS4_OPT_U32, &rt.opt.default_max_tokens,
+         "HTTP API: max_tokens of a request that sets none (capped by the context)"},
         {"local-prefill-max", DS4_OPT_U32, &rt.opt.local_prefill_max,
          "prompts of at most this many tokens prefill on the decode worker"},
         {"prefill-fallback-local", DS4_OPT_BOOL, &rt.opt.prefill_fallback_local,

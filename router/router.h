@@ -21,6 +21,7 @@ typedef struct router_opts {
     uint32_t default_timeout_ms; /* a Generate with neither gRPC deadline nor deadline_ms */
     uint32_t max_context;        /* 0: the smallest max_context of the live workers */
     uint32_t max_logprobs;
+    uint32_t default_max_tokens; /* HTTP API requests without max_tokens (capped by the context) */
     uint32_t local_prefill_max;  /* prompts of at most this many tokens prefill on decode */
     bool prefill_fallback_local; /* no prefill worker: prefill on decode instead of failing */
 } router_opts_t;
