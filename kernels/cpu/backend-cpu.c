@@ -136,20 +136,6 @@ static void mm_tiles(void *arg, size_t begin, size_t end, int thread_index)
     ds4_free(buf);
 }
 
-typedef struct aq_job {
-    const float *x;
-    float *xq;
-    int64_t k;
-} aq_job_t;
-
-static void aq_rows(void *arg, size_t begin, size_t end, int thread_index)
-{
-    aq_job_t *j = arg;
-    for (size_t r = begin; r < end; r++)
-        ds4_act_quant_fp8(j->x + (int64_t)r * j->k, j->k, 128, j->xq + (int64_t)r * j->k, NULL,
-                          NULL);
-}
-
 typedef struct stream_job {
     const ds4_weight_t *w;
     int64_t m;
@@ -227,13 +213,8 @@ static void cpu_matmul(ds4_backend_h be, const ds4_weight_t *w, int64_t m, const
          * checkpoint; blocked, it is bit-exact). The reference's fp4_gemm adds per 32-input
          * sub-block; that equals the 128-block sum whenever the latter is exact in fp32
          * (identical on the golden). Rows are independent by construction (no padding). */
-        float *xq = ds4_malloc_array((size_t)m, (size_t)w->k * sizeof(float));
-        DS4_ASSERT(xq != NULL);
-        aq_job_t aj = {.x = x, .xq = xq, .k = w->k};
-        ds4_threadpool_parallel_for(be->pool, (size_t)m, aq_rows, &aj);
-        ds4_status_t st = ds4__kgemm_matmul(NULL, be->pool, w, m, xq, y);
+        ds4_status_t st = ds4__kgemm_matmul(NULL, be->pool, w, m, x, true, y);
         DS4_ASSERT(st == DS4_OK);
-        ds4_free(xq);
         return;
     }
     /* OpenBLAS picks kernels by shape (results differ in the last bits), so rows are padded

@@ -177,6 +177,7 @@ TGT static void kernel_avx2(const float *xp, int mr, int mr_used, const float *w
 const ds4__kgemm_ops_t ds4__kgemm_avx2 = {
     .name = "avx2",
     .mr = MR,
+    .act_quant = ds4__act_quant_row_c,
     .pack_x = ds4__kgemm_pack_x_c,
     .pack_w = pack_w_avx2,
     .kernel = kernel_avx2,

@@ -93,6 +93,45 @@ TGT_INLINE void transpose16(const __m512 r[16], __m512 c[16])
     }
 }
 
+/* ds4_act_quant_fp8 without codes, 16 lanes at a time with the scalar code's operations: amax
+ * ignores NaN (max_ps returns its second operand on NaN), the clamp keeps NaN (min/max with the
+ * bound first), e4m3 rounding by the same bit arithmetic, subnormals by round-to-nearest-even
+ * on the 2^-9 grid. */
+TGT static void act_quant_avx512(const float *x, int64_t n, int block, float *out)
+{
+    const __m512 lim = _mm512_set1_ps(448.0f), nlim = _mm512_set1_ps(-448.0f);
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    for (int64_t b0 = 0; b0 < n; b0 += block) {
+        int64_t len = block < n - b0 ? block : n - b0;
+        __m512 amax = _mm512_setzero_ps();
+        for (int64_t i = 0; i < len; i += 16) {
+            __mmask16 m = len - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - i)) - 1u);
+            __m512 v = _mm512_maskz_loadu_ps(m, x + b0 + i);
+            __m512 a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), absmask));
+            amax = _mm512_max_ps(a, amax);
+        }
+        float s, inv_s;
+        ds4__act_scale_fp8(_mm512_reduce_max_ps(amax), &s, &inv_s);
+        const __m512 vs = _mm512_set1_ps(s), vinv = _mm512_set1_ps(inv_s);
+        for (int64_t i = 0; i < len; i += 16) {
+            __mmask16 m = len - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - i)) - 1u);
+            __m512 q = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + b0 + i), vinv);
+            q = _mm512_max_ps(nlim, _mm512_min_ps(lim, q));
+            __m512i u = _mm512_castps_si512(q);
+            __m512 aq = _mm512_castsi512_ps(_mm512_and_si512(u, absmask));
+            __mmask16 sub = _mm512_cmp_ps_mask(aq, _mm512_set1_ps(0.015625f), _CMP_LT_OQ);
+            __m512 rs = _mm512_roundscale_ps(_mm512_mul_ps(q, _mm512_set1_ps(512.0f)),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            rs = _mm512_mul_ps(rs, _mm512_set1_ps(1.0f / 512.0f));
+            __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 20), _mm512_set1_epi32(1));
+            u = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7ffff)));
+            u = _mm512_and_si512(u, _mm512_set1_epi32((int)0xfff00000u));
+            __m512 r = _mm512_mask_blend_ps(sub, _mm512_castsi512_ps(u), rs);
+            _mm512_mask_storeu_ps(out + b0 + i, m, _mm512_mul_ps(r, vs));
+        }
+    }
+}
+
 TGT static void pack_w_avx512(const ds4_weight_t *w, int64_t r0, int64_t nr, int64_t k0,
                               int64_t kl, float *wp)
 {
@@ -183,6 +222,7 @@ TGT static void kernel_avx512(const float *xp, int mr, int mr_used, const float 
 const ds4__kgemm_ops_t ds4__kgemm_avx512 = {
     .name = "avx512",
     .mr = MR,
+    .act_quant = act_quant_avx512,
     .pack_x = ds4__kgemm_pack_x_c,
     .pack_w = pack_w_avx512,
     .kernel = kernel_avx512,

@@ -99,6 +99,7 @@ static void kernel_c(const float *xp, int mr, int mr_used, const float *wp, int 
 const ds4__kgemm_ops_t ds4__kgemm_portable = {
     .name = "portable",
     .mr = PORTABLE_MR,
+    .act_quant = ds4__act_quant_row_c,
     .pack_x = ds4__kgemm_pack_x_c,
     .pack_w = ds4__kgemm_pack_w_c,
     .kernel = kernel_c,

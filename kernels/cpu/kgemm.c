@@ -83,6 +83,8 @@ typedef struct kg_job {
     const ds4_weight_t *w;
     int64_t m;
     const float *x;  /* [m, k] */
+    bool quantise;
+    float **xrow;    /* per thread: one quantised row (k floats) when quantising */
     float *xp;       /* n_groups packed groups of mr * k */
     float *y;
     float **wbuf;    /* per thread: KGEMM_TILE * KGEMM_KC floats */
@@ -99,7 +101,21 @@ static void pack_groups(void *arg, size_t begin, size_t end, int thread_index)
     for (size_t g = begin; g < end; g++) {
         int64_t r0 = (int64_t)g * mr;
         int64_t rows = j->m - r0 < mr ? j->m - r0 : mr;
-        j->ops->pack_x(j->x + r0 * k, rows, k, mr, j->xp + r0 * k);
+        if (!j->quantise) {
+            j->ops->pack_x(j->x + r0 * k, rows, k, mr, j->xp + r0 * k);
+            continue;
+        }
+        /* row by row through one quantised row: no [m, k] intermediate */
+        float *xr = j->xrow[thread_index];
+        for (int r = 0; r < mr; r++) {
+            if (r < rows)
+                j->ops->act_quant(j->x + (r0 + r) * k, k, KGEMM_KB, xr);
+            else
+                memset(xr, 0, (size_t)k * sizeof(float));
+            float *dst = j->xp + r0 * k + r;
+            for (int64_t i = 0; i < k; i++)
+                dst[i * mr] = xr[i];
+        }
     }
 }
 
@@ -137,7 +153,8 @@ static void run_jobs(void *arg, size_t begin, size_t end, int thread_index)
 }
 
 ds4_status_t ds4__kgemm_matmul(const ds4__kgemm_ops_t *ops, ds4_threadpool_h pool,
-                               const ds4_weight_t *w, int64_t m, const float *xq, float *y)
+                               const ds4_weight_t *w, int64_t m, const float *x, bool quantise,
+                               float *y)
 {
     DS4_ASSERT(w->type == DS4_W_FP8 || w->type == DS4_W_FP4);
     if (m <= 0 || w->n <= 0)
@@ -148,7 +165,7 @@ ds4_status_t ds4__kgemm_matmul(const ds4__kgemm_ops_t *ops, ds4_threadpool_h poo
     int n_threads = pool != NULL ? ds4_threadpool_size(pool) : 1;
     int64_t k = w->k;
     int mr = ops->mr;
-    kg_job_t j = {.ops = ops, .w = w, .m = m, .x = xq, .y = y};
+    kg_job_t j = {.ops = ops, .w = w, .m = m, .x = x, .quantise = quantise, .y = y};
     j.n_groups = (m + mr - 1) / mr;
     int64_t n_tiles = (w->n + KGEMM_TILE - 1) / KGEMM_TILE;
     /* Too few weight tiles for the threads: split the rows too (each chunk packs the tile's
@@ -167,21 +184,27 @@ ds4_status_t ds4__kgemm_matmul(const ds4__kgemm_ops_t *ops, ds4_threadpool_h poo
     if (j.xp == NULL)
         goto out;
     j.wbuf = ds4_calloc((size_t)n_threads, sizeof(*j.wbuf));
-    if (j.wbuf == NULL)
-        goto free_xp;
+    j.xrow = ds4_calloc((size_t)n_threads, sizeof(*j.xrow));
+    if (j.wbuf == NULL || j.xrow == NULL)
+        goto free_wbuf;
     for (int t = 0; t < n_threads; t++) {
         j.wbuf[t] = ds4_aligned_alloc(64, (size_t)KGEMM_TILE * KGEMM_KC * sizeof(float));
-        if (j.wbuf[t] == NULL)
+        j.xrow[t] = ds4_aligned_alloc(64, (size_t)k * sizeof(float));
+        if (j.wbuf[t] == NULL || j.xrow[t] == NULL)
             goto free_wbuf;
     }
     ds4_threadpool_parallel_for(pool, (size_t)j.n_groups, pack_groups, &j);
     ds4_threadpool_parallel_for(pool, (size_t)(n_tiles * j.n_chunks), run_jobs, &j);
     st = DS4_OK;
 free_wbuf:
-    for (int t = 0; t < n_threads; t++)
-        ds4_free(j.wbuf[t]);
+    for (int t = 0; t < n_threads; t++) {
+        if (j.wbuf != NULL)
+            ds4_free(j.wbuf[t]);
+        if (j.xrow != NULL)
+            ds4_free(j.xrow[t]);
+    }
     ds4_free(j.wbuf);
-free_xp:
+    ds4_free(j.xrow);
     ds4_free(j.xp);
 out:
     return st;

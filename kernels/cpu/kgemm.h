@@ -33,8 +33,8 @@
 
 #define KGEMM_KB 128   /* inputs per K block (the activation scale block) */
 #define KGEMM_NR 32    /* weight rows per panel */
-#define KGEMM_TILE 64  /* weight rows per tile (one thread's unit of work) */
-#define KGEMM_KC 512   /* inputs per packed K chunk (a multiple of KGEMM_KB) */
+#define KGEMM_TILE 128 /* weight rows per tile (one thread's unit of work) */
+#define KGEMM_KC 128   /* inputs per packed K chunk (a multiple of KGEMM_KB) */
 
 typedef enum ds4__kgemm_level {
     DS4_KGEMM_PORTABLE = 0, /* plain C (fmaf) */
@@ -46,6 +46,9 @@ typedef enum ds4__kgemm_level {
 typedef struct ds4__kgemm_ops {
     const char *name;
     int mr; /* rows per packed x group (<= 16) */
+    /* act_quant of one row without codes: ds4_act_quant_fp8(x, n, block, out, NULL, NULL),
+     * bit for bit (out may alias x). */
+    void (*act_quant)(const float *x, int64_t n, int block, float *out);
     /* Packs rows [0, m) (m <= mr) of x [m, k] into one group [k][mr], zero rows past m. */
     void (*pack_x)(const float *x, int64_t m, int64_t k, int mr, float *xp);
     /* Packs weight rows [r0, r0 + nr) (r0 a multiple of 16, nr <= KGEMM_TILE), inputs
@@ -66,11 +69,18 @@ const ds4__kgemm_ops_t *ds4__kgemm_ops(ds4__kgemm_level_t level);
  * (read once). */
 const ds4__kgemm_ops_t *ds4__kgemm_best(void);
 
-/* y[m, w->n] (row stride w->n) = the K-blocked product of xq[m, w->k] (act_quant'ed) and the
- * FP8/FP4 weight w, with `ops` (NULL: ds4__kgemm_best()) on `pool` (NULL: the caller).
- * DS4_ERR_NO_MEMORY leaves y unspecified. */
+/* y[m, w->n] (row stride w->n) = the K-blocked product of act_quant(x[m, w->k]) (per 128, as
+ * ds4_act_quant_fp8; x used as given when !quantise) and the FP8/FP4 weight w, with `ops`
+ * (NULL: ds4__kgemm_best()) on `pool` (NULL: the caller). DS4_ERR_NO_MEMORY: y untouched. */
 ds4_status_t ds4__kgemm_matmul(const ds4__kgemm_ops_t *ops, ds4_threadpool_h pool,
-                               const ds4_weight_t *w, int64_t m, const float *xq, float *y);
+                               const ds4_weight_t *w, int64_t m, const float *x, bool quantise,
+                               float *y);
+
+/* act_quant's per-block scale (quant.c): s = 2^k, inv_s = 2^-k for the block's amax (floored
+ * at 1e-4); returns k. */
+int ds4__act_scale_fp8(float amax, float *s, float *inv_s);
+/* The plain-C act_quant of one row (no codes/scales). */
+void ds4__act_quant_row_c(const float *x, int64_t n, int block, float *out);
 
 /* The plain-C packers (any level may use them). */
 void ds4__kgemm_pack_x_c(const float *x, int64_t m, int64_t k, int mr, float *xp);

@@ -2,6 +2,7 @@
  * simulation exactly as the reference kernels do it) and weight dequantisation. */
 #include "ds4/backend.h"
 #include "ds4/numeric.h"
+#include "kgemm.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -40,11 +41,20 @@ static inline float e4m3_round(float q)
     return ds4_bits_to_f32(u & 0xfff00000u);
 }
 
+int ds4__act_scale_fp8(float amax, float *s, float *inv_s)
+{
+    if (!(amax >= 1e-4f))
+        amax = 1e-4f;
+    int k = round_scale_exp(amax, (float)(1.0 / 448.0));
+    *s = ldexpf(1.0f, k);
+    *inv_s = ldexpf(1.0f, -k);
+    return k;
+}
+
 void ds4_act_quant_fp8(const float *x, int64_t n, int block, float *out, uint8_t *codes,
                        uint8_t *scales)
 {
     pthread_once(&g_lut_once, lut_init);
-    const float inv448 = (float)(1.0 / 448.0);
     for (int64_t b0 = 0; b0 < n; b0 += block) {
         int64_t len = ((block) < (n - b0) ? (block) : (n - b0));
         float amax = 0.0f;
@@ -52,11 +62,8 @@ void ds4_act_quant_fp8(const float *x, int64_t n, int block, float *out, uint8_t
             float a = fabsf(x[b0 + i]);
             amax = a > amax ? a : amax;
         }
-        if (!(amax >= 1e-4f))
-            amax = 1e-4f;
-        int k = round_scale_exp(amax, inv448);
-        float s = ldexpf(1.0f, k);
-        float inv_s = ldexpf(1.0f, -k);
+        float s, inv_s;
+        int k = ds4__act_scale_fp8(amax, &s, &inv_s);
         if (codes == NULL) {
             for (int64_t i = 0; i < len; i++) {
                 float q = x[b0 + i] * inv_s;
@@ -185,4 +192,9 @@ ds4_weight_t ds4_weight_rows(const ds4_weight_t *w, int64_t r0, int64_t n)
         break;
     }
     return v;
+}
+
+void ds4__act_quant_row_c(const float *x, int64_t n, int block, float *out)
+{
+    ds4_act_quant_fp8(x, n, block, out, NULL, NULL);
 }
