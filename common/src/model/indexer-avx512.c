@@ -29,13 +29,123 @@ static inline int32_t ld32(const int8_t *p)
     return v;
 }
 
+/* Scores of the 16 keys of tile (tv, ts) for NR (1 or 2, a constant after inlining) query rows
+ * r, r + 1: two rows share every key load and give 8 independent dpbusd chains. */
+static inline __attribute__((always_inline)) TGT void tile_scores(const ds4__idxk_job_t *job,
+                                                                  const uint8_t *tv,
+                                                                  const float *ts, int64_t r,
+                                                                  int NR, __m512 *out)
+{
+    const ds4__idxk_queries_t *Q = job->q;
+    const int dim = Q->dim, nb = dim / DS4__IDXK_BLOCK, nh = Q->n_heads, L = DS4__IDXK_TILE;
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 score[2] = {zero, zero};
+    for (int hg = 0; hg < nh; hg += 4) {
+        const int8_t *qv[2][4];
+        const int32_t *corr[2];
+        const float *qs[2];
+        __m512 s[2][4] = {{zero, zero, zero, zero}, {zero, zero, zero, zero}};
+#pragma GCC unroll 2
+        for (int i = 0; i < NR; i++) {
+            const int64_t qi = (r + i) * nh + hg;
+#pragma GCC unroll 4
+            for (int h = 0; h < 4; h++)
+                qv[i][h] = Q->vals + (qi + h) * dim;
+            corr[i] = Q->corr + qi * nb;
+            qs[i] = Q->scale + qi * nb;
+        }
+        for (int b = 0; b < nb; b++) {
+            __m512i a[2][4];
+#pragma GCC unroll 2
+            for (int i = 0; i < NR; i++)
+#pragma GCC unroll 4
+                for (int h = 0; h < 4; h++)
+                    a[i][h] = _mm512_set1_epi32(corr[i][h * nb + b]);
+#pragma GCC unroll 8
+            for (int j = b * 8; j < b * 8 + 8; j++) {
+                const __m512i kv = _mm512_load_si512((const void *)(tv + (int64_t)j * 64));
+#pragma GCC unroll 2
+                for (int i = 0; i < NR; i++)
+#pragma GCC unroll 4
+                    for (int h = 0; h < 4; h++)
+                        a[i][h] = _mm512_dpbusd_epi32(a[i][h], kv,
+                                                      _mm512_set1_epi32(ld32(qv[i][h] + 4 * j)));
+            }
+            const __m512 ks = _mm512_load_ps(ts + b * L);
+#pragma GCC unroll 2
+            for (int i = 0; i < NR; i++)
+#pragma GCC unroll 4
+                for (int h = 0; h < 4; h++) {
+                    __m512 x = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a[i][h]), ks),
+                                             _mm512_set1_ps(qs[i][h * nb + b]));
+                    s[i][h] = b == 0 ? x : _mm512_add_ps(s[i][h], x);
+                }
+        }
+#pragma GCC unroll 2
+        for (int i = 0; i < NR; i++) {
+            const float *w = job->w + (r + i) * nh + hg;
+#pragma GCC unroll 4
+            for (int h = 0; h < 4; h++) {
+                /* max(0, d) keeps d when d is NaN or -0, as the scalar `if (d < 0) d = 0` */
+                __m512 d = _mm512_max_ps(zero, bf16r(s[i][h]));
+                score[i] = _mm512_add_ps(score[i],
+                                         bf16r(_mm512_mul_ps(d, _mm512_set1_ps(w[h]))));
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < NR; i++)
+        out[i] = bf16r(score[i]);
+}
+
+/* ds4__idxk_count_not_below with 16 compares per instruction. */
+static inline TGT int count_not_below(const float *best, int n, float sc)
+{
+    const __m512 v = _mm512_set1_ps(sc);
+    int c = 0, i = 0;
+    for (; i + 16 <= n; i += 16)
+        c += __builtin_popcount(
+            (unsigned)_mm512_cmp_ps_mask(v, _mm512_loadu_ps(best + i), _CMP_NGT_UQ));
+    if (i < n) {
+        __mmask16 tail = (__mmask16)((1u << (n - i)) - 1u);
+        c += __builtin_popcount((unsigned)_mm512_mask_cmp_ps_mask(
+            tail, v, _mm512_maskz_loadu_ps(tail, best + i), _CMP_NGT_UQ));
+    }
+    return c;
+}
+
+/* Top-k update of row r with the scores of tile t (the keys it may see). */
+static inline __attribute__((always_inline)) TGT void tile_select(const ds4__idxk_job_t *job,
+                                                                  int64_t t, int64_t r,
+                                                                  __m512 score)
+{
+    const int topk = job->topk, L = DS4__IDXK_TILE;
+    int64_t left = job->n_visible[r] - t * L;
+    __mmask16 m = left >= L ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+    int32_t *sel = job->sel + r * topk;
+    float *best = job->best + r * topk;
+    int k = job->n_sel[r];
+    if (k == topk)
+        m &= _mm512_cmp_ps_mask(score, _mm512_set1_ps(best[topk - 1]), _CMP_GT_OQ);
+    if (m == 0)
+        return;
+    float sc[16];
+    _mm512_storeu_ps(sc, score);
+    while (m != 0) {
+        int l = __builtin_ctz((unsigned)m);
+        m &= (__mmask16)(m - 1);
+        if (k == topk && !(sc[l] > best[topk - 1]))
+            continue;
+        ds4__idxk_insert_at(sel, best, &k, topk, (int32_t)(t * L + l), sc[l],
+                            count_not_below(best, k, sc[l]));
+    }
+    job->n_sel[r] = k;
+}
+
 TGT void ds4__idxk_rows_avx512(const ds4__idxk_job_t *job, int64_t r0, int64_t r1)
 {
     const ds4__idxk_keys_t *K = job->keys;
-    const ds4__idxk_queries_t *Q = job->q;
-    const int dim = K->dim, nb = dim / DS4__IDXK_BLOCK, nh = Q->n_heads, L = DS4__IDXK_TILE;
-    const int topk = job->topk;
-    const __m512 zero = _mm512_setzero_ps();
+    const int dim = K->dim, nb = dim / DS4__IDXK_BLOCK, L = DS4__IDXK_TILE;
     for (int64_t r = r0; r < r1; r++)
         job->n_sel[r] = 0;
     const int64_t nv_max = job->n_visible[r1 - 1];
@@ -43,78 +153,18 @@ TGT void ds4__idxk_rows_avx512(const ds4__idxk_job_t *job, int64_t r0, int64_t r
     for (int64_t t = 0; t < n_tiles; t++) {
         const uint8_t *tv = K->vals + t * (int64_t)dim * L;
         const float *ts = K->scale + t * (int64_t)nb * L;
-        for (int64_t r = r0; r < r1; r++) {
-            const int64_t nv = job->n_visible[r];
-            if (t * L >= nv)
-                continue;
-            __m512 score = zero;
-            for (int hg = 0; hg < nh; hg += 4) {
-                const int64_t qi = r * nh + hg;
-                const int8_t *q0 = Q->vals + qi * dim;
-                const int8_t *q1 = q0 + dim, *q2 = q1 + dim, *q3 = q2 + dim;
-                const int32_t *corr = Q->corr + qi * nb;
-                const float *qs = Q->scale + qi * nb;
-                __m512 s0 = zero, s1 = zero, s2 = zero, s3 = zero;
-                for (int b = 0; b < nb; b++) {
-                    __m512i a0 = _mm512_set1_epi32(corr[b]);
-                    __m512i a1 = _mm512_set1_epi32(corr[nb + b]);
-                    __m512i a2 = _mm512_set1_epi32(corr[2 * nb + b]);
-                    __m512i a3 = _mm512_set1_epi32(corr[3 * nb + b]);
-                    for (int j = b * 8; j < b * 8 + 8; j++) {
-                        __m512i kv = _mm512_load_si512((const void *)(tv + (int64_t)j * 64));
-                        a0 = _mm512_dpbusd_epi32(a0, kv, _mm512_set1_epi32(ld32(q0 + 4 * j)));
-                        a1 = _mm512_dpbusd_epi32(a1, kv, _mm512_set1_epi32(ld32(q1 + 4 * j)));
-                        a2 = _mm512_dpbusd_epi32(a2, kv, _mm512_set1_epi32(ld32(q2 + 4 * j)));
-                        a3 = _mm512_dpbusd_epi32(a3, kv, _mm512_set1_epi32(ld32(q3 + 4 * j)));
-                    }
-                    const __m512 ks = _mm512_load_ps(ts + b * L);
-                    __m512 x0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a0), ks),
-                                              _mm512_set1_ps(qs[b]));
-                    __m512 x1 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a1), ks),
-                                              _mm512_set1_ps(qs[nb + b]));
-                    __m512 x2 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a2), ks),
-                                              _mm512_set1_ps(qs[2 * nb + b]));
-                    __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a3), ks),
-                                              _mm512_set1_ps(qs[3 * nb + b]));
-                    if (b == 0) {
-                        s0 = x0, s1 = x1, s2 = x2, s3 = x3;
-                    } else {
-                        s0 = _mm512_add_ps(s0, x0);
-                        s1 = _mm512_add_ps(s1, x1);
-                        s2 = _mm512_add_ps(s2, x2);
-                        s3 = _mm512_add_ps(s3, x3);
-                    }
-                }
-                /* max(0, d) keeps d when d is NaN or -0, as the scalar `if (d < 0) d = 0` */
-                const float *w = job->w + qi;
-                __m512 d;
-                d = _mm512_max_ps(zero, bf16r(s0));
-                score = _mm512_add_ps(score, bf16r(_mm512_mul_ps(d, _mm512_set1_ps(w[0]))));
-                d = _mm512_max_ps(zero, bf16r(s1));
-                score = _mm512_add_ps(score, bf16r(_mm512_mul_ps(d, _mm512_set1_ps(w[1]))));
-                d = _mm512_max_ps(zero, bf16r(s2));
-                score = _mm512_add_ps(score, bf16r(_mm512_mul_ps(d, _mm512_set1_ps(w[2]))));
-                d = _mm512_max_ps(zero, bf16r(s3));
-                score = _mm512_add_ps(score, bf16r(_mm512_mul_ps(d, _mm512_set1_ps(w[3]))));
-            }
-            score = bf16r(score);
-            int64_t left = nv - t * L;
-            __mmask16 m = left >= L ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
-            int32_t *sel = job->sel + r * topk;
-            float *best = job->best + r * topk;
-            int k = job->n_sel[r];
-            if (k == topk)
-                m &= _mm512_cmp_ps_mask(score, _mm512_set1_ps(best[topk - 1]), _CMP_GT_OQ);
-            if (m == 0)
-                continue;
-            float sc[16];
-            _mm512_storeu_ps(sc, score);
-            while (m != 0) {
-                int l = __builtin_ctz((unsigned)m);
-                m &= (__mmask16)(m - 1);
-                ds4__idxk_insert(sel, best, &k, topk, (int32_t)(t * L + l), sc[l]);
-            }
-            job->n_sel[r] = k;
+        int64_t r = r0;
+        while (r < r1 && t * L >= job->n_visible[r]) /* rows that see none of this tile */
+            r++;
+        __m512 sc[2];
+        for (; r + 2 <= r1; r += 2) { /* n_visible is non-decreasing: r + 1 sees it too */
+            tile_scores(job, tv, ts, r, 2, sc);
+            tile_select(job, t, r, sc[0]);
+            tile_select(job, t, r + 1, sc[1]);
+        }
+        if (r < r1) {
+            tile_scores(job, tv, ts, r, 1, sc);
+            tile_select(job, t, r, sc[0]);
         }
     }
 }

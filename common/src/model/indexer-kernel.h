@@ -35,6 +35,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define DS4__IDXK_TILE 16   /* keys per tile */
 #define DS4__IDXK_BLOCK 32  /* values per scale block */
@@ -116,21 +117,42 @@ void ds4__idxk_rows_avx2(const ds4__idxk_job_t *job, int64_t r0, int64_t r1);
 void ds4__idxk_rows_avx512(const ds4__idxk_job_t *job, int64_t r0, int64_t r1);
 #endif
 
-/* Inserts key g with score sc into row state (sel, best, *k) of capacity topk: the shared top-k
- * insertion of every level (callers may skip keys with *k == topk and !(sc > best[topk-1])). */
+/* Top-k insertion shared by every level. A row holds k <= topk entries sorted by (score desc,
+ * g asc) in best[] / sel[]; a new key g is larger than every g held. Key g enters when k < topk
+ * or sc > best[topk - 1] (callers may pre-filter with that test); it goes after every entry
+ * whose score is not below sc (ties never displace a lower g) and the last entry drops out when
+ * full. The position is a count of such entries (branch-free, the same as a scan from the end
+ * on sorted scores; clamped so that NaN scores cannot index out of range). */
+static inline int ds4__idxk_count_not_below(const float *best, int n, float sc)
+{
+    int c = 0;
+    for (int i = 0; i < n; i++)
+        c += !(sc > best[i]);
+    return c;
+}
+
+static inline void ds4__idxk_insert_at(int32_t *sel, float *best, int *k, int topk, int32_t g,
+                                       float sc, int pos)
+{
+    int n = *k;
+    int keep = n < topk ? n : topk - 1; /* entries that stay */
+    pos = pos < keep ? pos : keep;
+    if (keep > pos) {
+        memmove(best + pos + 1, best + pos, sizeof(float) * (size_t)(keep - pos));
+        memmove(sel + pos + 1, sel + pos, sizeof(int32_t) * (size_t)(keep - pos));
+    }
+    best[pos] = sc;
+    sel[pos] = g;
+    if (n < topk)
+        *k = n + 1;
+}
+
 static inline void ds4__idxk_insert(int32_t *sel, float *best, int *k, int topk, int32_t g,
                                     float sc)
 {
     if (*k == topk && !(sc > best[topk - 1]))
         return;
-    int pos = *k < topk ? (*k)++ : topk - 1;
-    while (pos > 0 && sc > best[pos - 1]) {
-        best[pos] = best[pos - 1];
-        sel[pos] = sel[pos - 1];
-        pos--;
-    }
-    best[pos] = sc;
-    sel[pos] = g;
+    ds4__idxk_insert_at(sel, best, k, topk, g, sc, ds4__idxk_count_not_below(best, *k, sc));
 }
 
 #endif
