@@ -76,7 +76,18 @@ float ds4__sum_row_f32(const float *x, int64_t n)
  * differs from libm's correctly rounded expf in the last bit for some inputs; those bits decide
  * bf16 roundings (Sinkhorn, attention). Same algorithm: x = q*ln2 + s with q = rint(x/ln2)
  * (ln2 split in a high and a low part), a degree-6 polynomial in s evaluated with fused
- * multiply-adds, then scaled by 2^q; below -104 the result is 0. */
+ * multiply-adds, then scaled by 2^q; below -104 the result is 0. The scaling multiplies by
+ * 2^(q>>1) (exact: u * 2^q1 stays normal for |q| <= 151) and then by 2^(q - (q>>1)) (one
+ * rounding, as ldexpf's); on x86 a clone for FMA CPUs inlines fmaf/rintf (same values: fmaf
+ * and rintf are exact operations either way) instead of calling libm. */
+static inline float pow2_normal(int k) /* 2^k for -126 <= k <= 127 */
+{
+    return ds4_bits_to_f32((uint32_t)(k + 127) << 23);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("fma", "default")))
+#endif
 float ds4__exp_ref(float x)
 {
     if (isnan(x))
@@ -99,7 +110,7 @@ float ds4__exp_ref(float x)
     u = fmaf(u, s, 0.5f);
     u = 1.0f + fmaf(s * s, u, s);
     int q1 = q >> 1;
-    return ldexpf(ldexpf(u, q1), q - q1);
+    return u * pow2_normal(q1) * pow2_normal(q - q1);
 }
 
 /* mean(x^2) of a row: squares rounded to fp32 (a separate op in the reference), then summed in
