@@ -4,8 +4,9 @@
  * bf16 probabilities, double P.V accumulators rounded to fp32 at each rescale, sink in the
  * denominator), bit for bit, on long random contexts: window runs of every length, padding,
  * HCA-like runs of several 64-key tiles with ragged tails, CSA-like scattered selections;
- * then the engine itself (default tiny model, 1,500 tokens, HCA ratio 128): portable vs best
- * level and whole vs unaligned chunks, logits bitwise identical. */
+ * the sequential fp32 dots of the hc mixes (ops.c) likewise; then the engine itself (default
+ * tiny model, 1,500 tokens, HCA ratio 128): portable vs best level and whole vs unaligned
+ * chunks, logits bitwise identical. */
 #include "test.h"
 
 #include "attn-sparse.h"
@@ -374,6 +375,54 @@ static void test_query_levels(void)
            "%s\n", n_cases, n_bad == 0 ? "yes" : "NO");
 }
 
+/* ---------------- sequential dots (hc mixes) ---------------- */
+
+static void test_dots_levels(void)
+{
+    static const int shapes[][3] = {{1, 512, 24}, {5, 512, 24}, {9, 512, 4},  {3, 37, 33},
+                                    {4, 1, 1},    {7, 100, 300}, {2, 640, 17}, {13, 256, 48}};
+    int bad = 0, n_cases = 0;
+    for (size_t c = 0; c < sizeof(shapes) / sizeof(shapes[0]); c++) {
+        int rows = shapes[c][0], n = shapes[c][1], m = shapes[c][2];
+        float *x = ds4_malloc_array((size_t)(rows * n), sizeof(float));
+        float *w = ds4_malloc_array((size_t)(m * n), sizeof(float));
+        float *y = ds4_malloc_array((size_t)(rows * m), sizeof(float));
+        float *yref = ds4_malloc_array((size_t)(rows * m), sizeof(float));
+        DS4_CHECK(x && w && y && yref);
+        for (int i = 0; i < rows * n; i++)
+            x[i] = rndf() * 3.0f;
+        for (int i = 0; i < m * n; i++)
+            w[i] = rndf();
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < m; j++) {
+                float d = 0.0f;
+                for (int i = 0; i < n; i++) {
+                    float prod = x[r * n + i] * w[j * n + i];
+                    d = d + prod;
+                }
+                yref[r * m + j] = d;
+            }
+        for (int isa = 0; isa < DS4__ATTN_ISA_COUNT; isa++, n_cases++) {
+            if (!ds4__attn_isa_supported((ds4__attn_isa_t)isa))
+                continue;
+            memset(y, 0xff, sizeof(float) * (size_t)(rows * m));
+            ds4__dots_seq((ds4__attn_isa_t)isa, x, rows, n, w, m, y);
+            int diff = 0;
+            for (int i = 0; i < rows * m; i++)
+                diff += bits(y[i]) != bits(yref[i]);
+            DS4_CHECKF(diff == 0, "dots %s rows %d n %d m %d: %d of %d differ",
+                       ds4__attn_isa_name((ds4__attn_isa_t)isa), rows, n, m, diff, rows * m);
+            bad += diff != 0;
+        }
+        ds4_free(x);
+        ds4_free(w);
+        ds4_free(y);
+        ds4_free(yref);
+    }
+    printf("sequential dots: every level bitwise equal to the plain loop: %s\n",
+           bad == 0 ? "yes" : "NO");
+}
+
 /* ---------------- the engine, long context ---------------- */
 
 #define ENG_N 1500
@@ -447,6 +496,7 @@ int main(void)
                ds4__attn_isa_supported((ds4__attn_isa_t)isa) ? "runs here" : "not on this CPU");
     DS4_RUN(test_exp_levels);
     DS4_RUN(test_query_levels);
+    DS4_RUN(test_dots_levels);
     DS4_RUN(test_engine_levels);
     return ds4_test_finish();
 }

@@ -71,6 +71,10 @@ void ds4__attn_scores(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const ds
 /* for e < n in order, for each head h: acc[h][i] += (double)(pb[h * ps + e] * kr[e * hd + i]); */
 void ds4__attn_pv(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const float *pb, int64_t ps,
                   int64_t n, const float *kr, double *acc);
+/* ops.c: y[r * m + j] = sequential fp32 dot (element 0 first, mul then add) of x[r][0..n) and
+ * w[j][0..n), for r < rows, j < m, vectorised across j at the `isa` level (same bits). */
+void ds4__dots_seq(ds4__attn_isa_t isa, const float *x, int64_t rows, int64_t n, const float *w,
+                   int m, float *y);
 /* y[e] = ds4__exp_ref(x[e]) for e < n. */
 void ds4__attn_exp(ds4__attn_isa_t isa, const float *x, int64_t n, float *y);
 

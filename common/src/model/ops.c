@@ -1,4 +1,5 @@
 /* Element-wise and small ops of the V4 forward pass, with the reference's rounding points. */
+#include "attn-sparse.h"
 #include "model-internal.h"
 
 #include "ds4/alloc.h"
@@ -259,6 +260,143 @@ static void sinkhorn(const ds4_model_config_t *c, const float *mix, const float 
     memcpy(comb, C, sizeof(float) * (size_t)(hc * hc));
 }
 
+/* ---- sequential fp32 dots, vectorised across outputs ----
+ * y[r * m + j] = d, d = 0; for i = 0..n-1: d += x[r][i] * w[j][i] (mul then add, element 0
+ * first: the reference's fp32 F.linear order), with the weights transposed and zero-padded:
+ * wt[i * mp + j] (mp a multiple of 16). Lane = output j, so every level gives the same bits. */
+static void dots_seq_c(const float *x, int64_t rows, int64_t n, const float *wt, int m,
+                       int64_t mp, float *y)
+{
+    float d[256];
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        for (int j0 = 0; j0 < m; j0 += 256) {
+            int w = m - j0 < 256 ? m - j0 : 256;
+            for (int j = 0; j < w; j++)
+                d[j] = 0.0f;
+            for (int64_t i = 0; i < n; i++) {
+                const float *wi = wt + i * mp + j0;
+                float xi = xr[i];
+                for (int j = 0; j < w; j++)
+                    d[j] += xi * wi[j];
+            }
+            memcpy(y + r * m + j0, d, sizeof(float) * (size_t)w);
+        }
+    }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+/* 32 outputs x 4 rows per pass (8 accumulators sharing each weight load) */
+__attribute__((target("avx512f"))) static void dots_seq_avx512(const float *x, int64_t rows,
+                                                               int64_t n, const float *wt, int m,
+                                                               int64_t mp, float *y)
+{
+    for (int j0 = 0; j0 < m; j0 += 32) {
+        int w = m - j0 < 32 ? m - j0 : 32;
+        __mmask16 k0 = w >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << w) - 1u);
+        __mmask16 k1 = w >= 32 ? (__mmask16)0xffff
+                       : w <= 16 ? (__mmask16)0 : (__mmask16)((1u << (w - 16)) - 1u);
+        for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+            int nr = rows - r0 < 4 ? (int)(rows - r0) : 4;
+            const float *x0 = x + r0 * n;
+            const float *x1 = nr > 1 ? x0 + n : x0, *x2 = nr > 2 ? x0 + 2 * n : x0;
+            const float *x3 = nr > 3 ? x0 + 3 * n : x0;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+            __m512 c0 = a0, c1 = a0, d0 = a0, d1 = a0;
+            for (int64_t i = 0; i < n; i++) {
+                const float *wi = wt + i * mp + j0;
+                __m512 w0 = _mm512_maskz_loadu_ps(k0, wi), w1 = _mm512_maskz_loadu_ps(k1, wi + 16);
+                __m512 v = _mm512_set1_ps(x0[i]);
+                a0 = _mm512_add_ps(a0, _mm512_mul_ps(v, w0));
+                a1 = _mm512_add_ps(a1, _mm512_mul_ps(v, w1));
+                v = _mm512_set1_ps(x1[i]);
+                b0 = _mm512_add_ps(b0, _mm512_mul_ps(v, w0));
+                b1 = _mm512_add_ps(b1, _mm512_mul_ps(v, w1));
+                v = _mm512_set1_ps(x2[i]);
+                c0 = _mm512_add_ps(c0, _mm512_mul_ps(v, w0));
+                c1 = _mm512_add_ps(c1, _mm512_mul_ps(v, w1));
+                v = _mm512_set1_ps(x3[i]);
+                d0 = _mm512_add_ps(d0, _mm512_mul_ps(v, w0));
+                d1 = _mm512_add_ps(d1, _mm512_mul_ps(v, w1));
+            }
+            __m512 res[4][2] = {{a0, a1}, {b0, b1}, {c0, c1}, {d0, d1}};
+            for (int r = 0; r < nr; r++) {
+                float *yr = y + (r0 + r) * m + j0;
+                _mm512_mask_storeu_ps(yr, k0, res[r][0]);
+                _mm512_mask_storeu_ps(yr + 16, k1, res[r][1]);
+            }
+        }
+    }
+}
+
+/* 16 outputs x 4 rows per pass */
+__attribute__((target("avx2,fma"))) static void dots_seq_avx2(const float *x, int64_t rows,
+                                                              int64_t n, const float *wt, int m,
+                                                              int64_t mp, float *y)
+{
+    for (int j0 = 0; j0 < m; j0 += 16) {
+        int w = m - j0 < 16 ? m - j0 : 16;
+        for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+            int nr = rows - r0 < 4 ? (int)(rows - r0) : 4;
+            const float *x0 = x + r0 * n;
+            const float *x1 = nr > 1 ? x0 + n : x0, *x2 = nr > 2 ? x0 + 2 * n : x0;
+            const float *x3 = nr > 3 ? x0 + 3 * n : x0;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+            __m256 c0 = a0, c1 = a0, d0 = a0, d1 = a0;
+            for (int64_t i = 0; i < n; i++) {
+                const float *wi = wt + i * mp + j0; /* mp % 16 == 0: 16 lanes readable */
+                __m256 w0 = _mm256_loadu_ps(wi), w1 = _mm256_loadu_ps(wi + 8);
+                __m256 v = _mm256_set1_ps(x0[i]);
+                a0 = _mm256_add_ps(a0, _mm256_mul_ps(v, w0));
+                a1 = _mm256_add_ps(a1, _mm256_mul_ps(v, w1));
+                v = _mm256_set1_ps(x1[i]);
+                b0 = _mm256_add_ps(b0, _mm256_mul_ps(v, w0));
+                b1 = _mm256_add_ps(b1, _mm256_mul_ps(v, w1));
+                v = _mm256_set1_ps(x2[i]);
+                c0 = _mm256_add_ps(c0, _mm256_mul_ps(v, w0));
+                c1 = _mm256_add_ps(c1, _mm256_mul_ps(v, w1));
+                v = _mm256_set1_ps(x3[i]);
+                d0 = _mm256_add_ps(d0, _mm256_mul_ps(v, w0));
+                d1 = _mm256_add_ps(d1, _mm256_mul_ps(v, w1));
+            }
+            float res[4][16];
+            _mm256_storeu_ps(res[0], a0);
+            _mm256_storeu_ps(res[0] + 8, a1);
+            _mm256_storeu_ps(res[1], b0);
+            _mm256_storeu_ps(res[1] + 8, b1);
+            _mm256_storeu_ps(res[2], c0);
+            _mm256_storeu_ps(res[2] + 8, c1);
+            _mm256_storeu_ps(res[3], d0);
+            _mm256_storeu_ps(res[3] + 8, d1);
+            for (int r = 0; r < nr; r++)
+                memcpy(y + (r0 + r) * m + j0, res[r], sizeof(float) * (size_t)w);
+        }
+    }
+}
+#endif
+
+void ds4__dots_seq(ds4__attn_isa_t isa, const float *x, int64_t rows, int64_t n, const float *w,
+                   int m, float *y)
+{
+    int64_t mp = ((int64_t)m + 15) / 16 * 16;
+    float *wt = ds4_calloc((size_t)(n * mp), sizeof(float));
+    DS4_ASSERT(wt != NULL && ds4__attn_isa_supported(isa));
+    for (int j = 0; j < m; j++)
+        for (int64_t i = 0; i < n; i++)
+            wt[i * mp + j] = w[(int64_t)j * n + i];
+#if defined(__x86_64__) || defined(__i386__)
+    if (isa == DS4__ATTN_ISA_AVX512)
+        dots_seq_avx512(x, rows, n, wt, m, mp, y);
+    else if (isa == DS4__ATTN_ISA_AVX2)
+        dots_seq_avx2(x, rows, n, wt, m, mp, y);
+    else
+#endif
+        dots_seq_c(x, rows, n, wt, m, mp, y);
+    ds4_free(wt);
+}
+
 /* rsqrt(mean(x^2) + eps) over the hc*d values of each row, and raw mixes = fn . x: each mix a
  * plain sequential fp32 dot product (the reference's fp32 F.linear order, measured on the
  * golden: exact agreement, where double or 4/8/16-lane sums flip bf16 roundings). */
@@ -267,16 +405,7 @@ static void hc_mixes(ds4_model_h m, const float *X, int64_t rows, const float *f
 {
     const ds4_model_config_t *c = &m->cfg;
     int64_t hd = (int64_t)c->hc_mult * c->hidden_size;
-    for (int64_t r = 0; r < rows; r++) {
-        const float *x = X + r * hd;
-        for (int j = 0; j < n_mix; j++) {
-            const float *w = fn + (int64_t)j * hd;
-            float acc = 0.0f;
-            for (int64_t i = 0; i < hd; i++)
-                acc += x[i] * w[i];
-            mixes[r * n_mix + j] = acc;
-        }
-    }
+    ds4__dots_seq(ds4__attn_isa_select(), X, rows, hd, fn, n_mix, mixes);
     for (int64_t r = 0; r < rows; r++) {
         const float *x = X + r * hd;
         float rs = 1.0f / sqrtf(mean_square(x, hd) + (float)c->rms_norm_eps);
