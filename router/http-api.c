@@ -452,7 +452,7 @@ static void sink_send(void *arg, const Ds4__V1__GenerateResponse *resp)
     if (resp->n_token_ids > 0) {
         a->last_token = resp->token_ids[resp->n_token_ids - 1];
         a->n_tokens += (uint32_t)resp->n_token_ids;
-        if (a->sp.n_stop > 0)
+        if (a->sp.n_stop > 0 || a->tools)
             api_buf_put(&a->all_ids, (const char *)resp->token_ids,
                         resp->n_token_ids * sizeof(*resp->token_ids));
     }

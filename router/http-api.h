@@ -65,6 +65,7 @@ typedef struct api_req {
     bool stream, include_usage, return_token_ids;
     bool want_logprobs;
     uint32_t top_logprobs;
+    bool tools; /* chat with tools: the answer is parsed for tool calls at the end */
     /* progress */
     bool in_submit, ended_in_submit;
     bool stream_begun, sent_role;

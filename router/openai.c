@@ -7,6 +7,7 @@
 #include "ds4/chat.h"
 #include "ds4/json.h"
 #include "http-api.h"
+#include "openai-tools.h"
 
 static const json_t *present(const json_t *obj, const char *key)
 {
@@ -130,8 +131,10 @@ static void parse_messages(api_req_t *a, const json_t *body, ds4_diag_t *d)
         sys = json_pack("{s:s, s:s}", "role", "system", "content", "");
         json_array_insert_new(out, 0, sys);
     }
-    if (sys != NULL && tools != NULL && json_is_array(tools) && json_array_size(tools) > 0)
+    if (sys != NULL && tools != NULL && json_is_array(tools) && json_array_size(tools) > 0) {
         json_object_set(sys, "tools", (json_t *)tools);
+        a->tools = true;
+    }
     if (sys != NULL && rf != NULL)
         json_object_set(sys, "response_format", (json_t *)rf);
 }
@@ -341,6 +344,11 @@ void openai_on_message(api_req_t *a, const Ds4__V1__GenerateResponse *resp)
         }
         return;
     }
+    if (a->tools && !reasoning) {
+        /* the answer may be a tool call: held back until it can be parsed whole */
+        api_buf_put(&a->content, text, text_len);
+        return;
+    }
     /* streaming: one chunk per message that carries text (or ids / logprobs asked for) */
     if (text_len == 0 && !(a->return_token_ids && resp->n_token_ids > 0) && !lps)
         return;
@@ -379,9 +387,57 @@ void openai_on_message(api_req_t *a, const Ds4__V1__GenerateResponse *resp)
     api_sse(a, NULL, chunk);
 }
 
+/* The whole answer with special tokens, parsed for tool calls (NULL: none). */
+static json_t *tool_message(api_req_t *a)
+{
+    router_t *rt = a->rt;
+    const uint32_t *ids = (const uint32_t *)(const void *)a->all_ids.p;
+    size_t n = a->all_ids.len / sizeof(*ids), k = 0;
+    int32_t *known = ds4_malloc_array(n + 1, sizeof(*known));
+    if (known == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) /* padded model vocabulary past the tokenizer: no text */
+        if (ids[i] < ds4_tokenizer_n_ids(rt->tok))
+            known[k++] = (int32_t)ids[i];
+    char *raw = NULL;
+    size_t len = 0;
+    json_t *m = NULL;
+    if (ds4_tokenizer_decode(rt->tok, known, k, false, &raw, &len, NULL) == DS4_OK)
+        m = openai_tool_message(raw, len, a->chat_mode, a->id);
+    ds4_free(raw);
+    ds4_free(known);
+    return m;
+}
+
 void openai_on_done(api_req_t *a)
 {
     const char *finish = finish_name(a->finish);
+    json_t *tm = a->tools ? tool_message(a) : NULL;
+    if (tm != NULL)
+        finish = "tool_calls";
+    if (a->stream && a->tools) {
+        /* the held-back answer: its text, then its tool calls */
+        const char *text = tm != NULL ? json_string_value(json_object_get(tm, "content"))
+                                      : (a->content.p != NULL ? a->content.p : "");
+        json_t *deltas[2] = {NULL, NULL};
+        if (text != NULL && text[0] != '\0')
+            deltas[0] = json_pack("{s:s}", "content", text);
+        if (tm != NULL)
+            deltas[1] = json_pack("{s:O}", "tool_calls", json_object_get(tm, "tool_calls"));
+        for (int i = 0; i < 2; i++) {
+            if (deltas[i] == NULL)
+                continue;
+            if (!a->sent_role) {
+                json_object_set_new(deltas[i], "role", json_string("assistant"));
+                a->sent_role = true;
+            }
+            json_t *chunk = chunk_head(a);
+            json_object_set_new(chunk, "choices",
+                                json_pack("[{s:i, s:o, s:n, s:n}]", "index", 0, "delta",
+                                          deltas[i], "logprobs", "finish_reason"));
+            api_sse(a, NULL, chunk);
+        }
+    }
     if (a->stream) {
         json_t *chunk = chunk_head(a);
         json_t *choice = json_pack("{s:i, s:s, s:n}", "index", 0, "finish_reason", finish,
@@ -404,6 +460,7 @@ void openai_on_done(api_req_t *a)
             api_sse(a, NULL, u);
         }
         api_sse_raw(a, "[DONE]");
+        json_decref(tm);
         return; /* sink_finish ends the stream */
     }
     json_t *choice = json_pack("{s:i, s:s}", "index", 0, "finish_reason", finish);
@@ -415,6 +472,16 @@ void openai_on_done(api_req_t *a)
             json_object_set_new(msg, "reasoning_content",
                                 json_stringn(a->reasoning.p != NULL ? a->reasoning.p : "",
                                              a->reasoning.len));
+        if (tm != NULL) { /* the parsed text replaces the plain one */
+            json_object_set(msg, "content", json_object_get(tm, "content"));
+            if (a->chat_mode == DS4_CHAT_MODE_THINKING)
+                json_object_set(msg, "reasoning_content", json_object_get(tm, "reasoning_content"));
+            size_t i;
+            json_t *c;
+            json_array_foreach(json_object_get(tm, "tool_calls"), i, c)
+                json_object_del(c, "index");
+            json_object_set(msg, "tool_calls", json_object_get(tm, "tool_calls"));
+        }
         json_object_set_new(choice, "message", msg);
         json_object_set_new(choice, "logprobs",
                             a->want_logprobs
@@ -435,5 +502,6 @@ void openai_on_done(api_req_t *a)
                             a->kind == API_CHAT ? "chat.completion" : "text_completion",
                             "created", (json_int_t)a->created, "model", a->rt->opt.model,
                             "choices", choice, "usage", usage_object(a));
+    json_decref(tm);
     api_respond_json(a, 200, obj);
 }

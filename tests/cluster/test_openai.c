@@ -13,7 +13,9 @@
  *  - each invalid field → 400 whose message and param name it; malformed JSON; 404 / 405 / 413;
  *  - a client that closes the connection mid-stream: KV blocks on the workers return to 0;
  *  - deadline_ms → 504; no decode worker → 503;
- *  - /v1/messages: the Anthropic response and SSE event order, its error shape.
+ *  - /v1/messages: the Anthropic response and SSE event order, its error shape;
+ *  - tool calls: DeepSeek's official parse vectors (tests/fixtures/chat-encoding) through the
+ *    completion → OpenAI tool_calls mapping; a chat with tools renders them into the prompt.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -33,6 +35,7 @@
 #include "ds4/clock.h"
 #include "ds4/diag.h"
 #include "ds4/tokenizer.h"
+#include "openai-tools.h"
 #include "pd-harness.h"
 #include "test.h"
 
@@ -897,6 +900,99 @@ static void test_no_workers(void)
     free(r.body);
 }
 
+/* Official parse rows (completion → message): rows with tool calls map to OpenAI tool_calls
+ * with the same names, arguments, content and reasoning; rows without give NULL. */
+static void test_tool_parse(void)
+{
+    const char *path = ds4_test_fixture("chat-encoding/differential-official.jsonl");
+    FILE *f = fopen(path, "r");
+    DS4_CHECKF(f != NULL, "%s", path);
+    if (f == NULL)
+        return;
+    static char line[1 << 16];
+    int with = 0, without = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        json_t *row = json_loads(line, 0, NULL);
+        if (row == NULL || strcmp(jstr(row, "kind"), "parse") != 0) {
+            json_decref(row);
+            continue;
+        }
+        const char *mode_s = jstr(row, "thinking_mode");
+        int mode = mode_s != NULL && strcmp(mode_s, "thinking") == 0 ? 1 : 0;
+        json_t *comp = json_object_get(row, "completion");
+        json_t *want = json_object_get(json_object_get(row, "parsed"), "tool_calls");
+        json_t *got = openai_tool_message(json_string_value(comp), json_string_length(comp), mode,
+                                          "t");
+        if (json_array_size(want) == 0) {
+            DS4_CHECK(got == NULL);
+            without++;
+        } else {
+            with++;
+            DS4_CHECK(got != NULL);
+            json_t *calls = json_object_get(got, "tool_calls");
+            DS4_CHECK_EQ_INT(json_array_size(calls), json_array_size(want));
+            for (size_t i = 0; i < json_array_size(want) && i < json_array_size(calls); i++) {
+                json_t *g = json_array_get(calls, i), *w = json_array_get(want, i);
+                DS4_CHECK_STR_CONTAINS(jstr(g, "type"), "function");
+                DS4_CHECK(jstr(g, "id") != NULL);
+                DS4_CHECK(json_equal(jpath(g, "function.name"), jpath(w, "function.name")));
+                DS4_CHECK(json_equal(jpath(g, "function.arguments"),
+                                     jpath(w, "function.arguments")));
+            }
+            DS4_CHECK(json_equal(json_object_get(got, "content"),
+                                 jpath(row, "parsed.content")));
+            DS4_CHECK(json_equal(json_object_get(got, "reasoning_content"),
+                                 jpath(row, "parsed.reasoning_content")));
+        }
+        json_decref(got);
+        json_decref(row);
+    }
+    fclose(f);
+    fprintf(stderr, "  %d official completions with tool calls, %d without\n", with, without);
+    DS4_CHECK(with >= 10 && without >= 1);
+}
+
+/* Tools are rendered into the prompt; the answer (plain text from this model) streams the same
+ * as it comes whole. */
+static void test_chat_tools(void)
+{
+    json_t *base = json_pack("{s:[{s:s, s:s}], s:i, s:f, s:s}", "messages", "role", "user",
+                             "content", "Weather in Paris?", "max_tokens", 6, "temperature", 0.0,
+                             "reasoning_effort", "none");
+    http_resp_t r;
+    json_t *plain = post("/v1/chat/completions", json_deep_copy(base), &r);
+    free(r.body);
+    json_object_set_new(base, "tools",
+                        json_pack("[{s:s, s:{s:s, s:s, s:{s:s, s:{s:{s:s}}}}}]", "type",
+                                  "function", "function", "name", "get_weather", "description",
+                                  "Weather of a city", "parameters", "type", "object",
+                                  "properties", "city", "type", "string"));
+    json_t *o = post("/v1/chat/completions", json_deep_copy(base), &r);
+    DS4_CHECKF(r.status == 200, "%d %s", r.status, r.body);
+    free(r.body);
+    long long p0 = json_integer_value(jpath(plain, "usage.prompt_tokens"));
+    long long p1 = json_integer_value(jpath(o, "usage.prompt_tokens"));
+    DS4_CHECKF(p1 > p0 + 50, "prompt %lld tokens with tools, %lld without", p1, p0);
+    const char *content = jstr(o, "$.choices[0].message.content");
+    json_object_set_new(base, "stream", json_true());
+    json_t *s0 = post("/v1/chat/completions", base, &r);
+    static sse_t s;
+    sse_parse(r.body, &s);
+    char acc[4096] = "";
+    for (size_t i = 0; i < s.n; i++) {
+        const char *t = jstr(s.data[i], "$.choices[0].delta.content");
+        if (t != NULL)
+            strncat(acc, t, sizeof(acc) - strlen(acc) - 1);
+    }
+    DS4_CHECKF(content != NULL && strcmp(acc, content) == 0, "\"%s\" vs \"%s\"", acc, content);
+    DS4_CHECK(s.n >= 2 && json_is_string(s.data[s.n - 1]));
+    sse_free(&s);
+    free(r.body);
+    json_decref(s0);
+    json_decref(o);
+    json_decref(plain);
+}
+
 int main(void)
 {
     const char *bin = getenv("DS4_BINARY_DIR");
@@ -937,6 +1033,8 @@ int main(void)
     DS4_RUN(test_completions_ids);
     DS4_RUN(test_chat);
     DS4_RUN(test_stop);
+    DS4_RUN(test_tool_parse);
+    DS4_RUN(test_chat_tools);
     DS4_RUN(test_invalid);
     DS4_RUN(test_disconnect);
     DS4_RUN(test_deadline);
