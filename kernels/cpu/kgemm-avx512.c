@@ -159,6 +159,12 @@ TGT_INLINE void kern_rows(const int R, const float *xp, const float *wp, int nr_
     __mmask16 m0 = nr_used >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr_used) - 1u);
     __mmask16 m1 = nr_used >= 32 ? (__mmask16)0xffff
                    : nr_used > 16 ? (__mmask16)((1u << (nr_used - 16)) - 1u) : (__mmask16)0;
+    /* the outputs' lines arrive while the block's fmas run (rows are ldy apart: no stream) */
+#pragma GCC unroll 16
+    for (int r = 0; r < R; r++) {
+        _mm_prefetch((const char *)(y + r * ldy), _MM_HINT_T0);
+        _mm_prefetch((const char *)(y + r * ldy + 16), _MM_HINT_T0);
+    }
     for (int64_t b = 0; b < kl; b += KGEMM_KB) {
         int64_t bl = kl - b < KGEMM_KB ? kl - b : KGEMM_KB;
         __m512 acc0[MR], acc1[MR];

@@ -8,16 +8,15 @@
 #include <math.h>
 #include <string.h>
 
-void ds4__kgemm_pack_x_c(const float *x, int64_t m, int64_t k, int mr, float *xp)
+void ds4__kgemm_pack_x_c(const float *x, int64_t m, int64_t k, int mr, int64_t bstride,
+                         float *xp)
 {
-    for (int r = 0; r < mr; r++) {
-        if (r < m) {
-            const float *xr = x + r * k;
-            for (int64_t i = 0; i < k; i++)
-                xp[i * mr + r] = xr[i];
-        } else {
-            for (int64_t i = 0; i < k; i++)
-                xp[i * mr + r] = 0.0f;
+    for (int64_t b0 = 0; b0 < k; b0 += KGEMM_KB) {
+        int64_t len = k - b0 < KGEMM_KB ? k - b0 : KGEMM_KB;
+        float *dst = xp + (b0 / KGEMM_KB) * bstride;
+        for (int r = 0; r < mr; r++) {
+            for (int64_t i = 0; i < len; i++)
+                dst[i * mr + r] = r < m ? x[r * k + b0 + i] : 0.0f;
         }
     }
 }

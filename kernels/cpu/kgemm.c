@@ -6,9 +6,12 @@
 #include "ds4/alloc.h"
 #include "ds4/log.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+
+static_assert(KGEMM_KC == KGEMM_KB, "packed x is block major: the kernels get one K block");
 
 static bool cpu_has(ds4__kgemm_level_t level)
 {
@@ -101,8 +104,10 @@ static void pack_groups(void *arg, size_t begin, size_t end, int thread_index)
     for (size_t g = begin; g < end; g++) {
         int64_t r0 = (int64_t)g * mr;
         int64_t rows = j->m - r0 < mr ? j->m - r0 : mr;
+        int64_t bstride = j->n_groups * KGEMM_KB * mr;
+        float *xg = j->xp + (int64_t)g * KGEMM_KB * mr;
         if (!j->quantise) {
-            j->ops->pack_x(j->x + r0 * k, rows, k, mr, j->xp + r0 * k);
+            j->ops->pack_x(j->x + r0 * k, rows, k, mr, bstride, xg);
             continue;
         }
         /* row by row through one quantised row: no [m, k] intermediate */
@@ -112,9 +117,12 @@ static void pack_groups(void *arg, size_t begin, size_t end, int thread_index)
                 j->ops->act_quant(j->x + (r0 + r) * k, k, KGEMM_KB, xr);
             else
                 memset(xr, 0, (size_t)k * sizeof(float));
-            float *dst = j->xp + r0 * k + r;
-            for (int64_t i = 0; i < k; i++)
-                dst[i * mr] = xr[i];
+            for (int64_t b0 = 0; b0 < k; b0 += KGEMM_KB) {
+                int64_t len = k - b0 < KGEMM_KB ? k - b0 : KGEMM_KB;
+                float *dst = xg + (b0 / KGEMM_KB) * bstride + r;
+                for (int64_t i = 0; i < len; i++)
+                    dst[i * mr] = xr[b0 + i];
+            }
         }
     }
 }
@@ -140,7 +148,7 @@ static void run_jobs(void *arg, size_t begin, size_t end, int thread_index)
             for (int64_t g = g0; g < g1; g++) {
                 int64_t row = g * mr;
                 int mr_used = (int)(j->m - row < mr ? j->m - row : mr);
-                const float *xg = j->xp + row * k + k0 * mr;
+                const float *xg = j->xp + ((k0 / KGEMM_KB) * j->n_groups + g) * KGEMM_KB * mr;
                 for (int64_t p = 0; p < n_panels; p++) {
                     int64_t o = p * KGEMM_NR;
                     int nr_used = (int)(nr - o < KGEMM_NR ? nr - o : KGEMM_NR);
@@ -178,7 +186,9 @@ ds4_status_t ds4__kgemm_matmul(const ds4__kgemm_ops_t *ops, ds4_threadpool_h poo
     j.groups_per_chunk = (j.n_groups + j.n_chunks - 1) / j.n_chunks;
     j.n_chunks = (j.n_groups + j.groups_per_chunk - 1) / j.groups_per_chunk;
     size_t xp_bytes = 0;
-    if (!ds4_size_mul((size_t)(j.n_groups * mr), (size_t)k * sizeof(float), &xp_bytes))
+    int64_t n_kb = (k + KGEMM_KB - 1) / KGEMM_KB;
+    if (!ds4_size_mul((size_t)(j.n_groups * mr * KGEMM_KB), (size_t)n_kb * sizeof(float),
+                      &xp_bytes))
         goto out;
     j.xp = ds4_aligned_alloc(64, xp_bytes);
     if (j.xp == NULL)

@@ -16,8 +16,10 @@
  * dispatch levels compute the same bits (fma is single-rounded everywhere).
  *
  * Layouts (all fp32):
- *   packed x  : rows in groups of `mr` (the level's row count): group g holds [k][mr] (element
- *               (r, i) at i * mr + r); rows past m are zero.
+ *   packed x  : rows in groups of `mr` (the level's row count), K-block major: block b of group
+ *               g is [KGEMM_KB][mr] at (b * n_groups + g) * KGEMM_KB * mr (element (r, i) at
+ *               i * mr + r inside it), so one block of every group is contiguous; rows past m
+ *               are zero.
  *   packed W  : a tile of up to KGEMM_TILE weight rows and a K chunk [k0, k0 + kl) as
  *               panels of KGEMM_NR rows: panel p holds [kl][KGEMM_NR] (row p*NR + j of the
  *               tile, input k0 + i at i * NR + j); rows past the tile's end are zero.
@@ -34,7 +36,7 @@
 #define KGEMM_KB 128   /* inputs per K block (the activation scale block) */
 #define KGEMM_NR 32    /* weight rows per panel */
 #define KGEMM_TILE 128 /* weight rows per tile (one thread's unit of work) */
-#define KGEMM_KC 128   /* inputs per packed K chunk (a multiple of KGEMM_KB) */
+#define KGEMM_KC 128   /* inputs per packed weight chunk: one K block (packed x is block major) */
 
 typedef enum ds4__kgemm_level {
     DS4_KGEMM_PORTABLE = 0, /* plain C (fmaf) */
@@ -49,16 +51,18 @@ typedef struct ds4__kgemm_ops {
     /* act_quant of one row without codes: ds4_act_quant_fp8(x, n, block, out, NULL, NULL),
      * bit for bit (out may alias x). */
     void (*act_quant)(const float *x, int64_t n, int block, float *out);
-    /* Packs rows [0, m) (m <= mr) of x [m, k] into one group [k][mr], zero rows past m. */
-    void (*pack_x)(const float *x, int64_t m, int64_t k, int mr, float *xp);
+    /* Packs rows [0, m) (m <= mr) of x [m, k] into one group: block b at xp + b * bstride
+     * ([KGEMM_KB][mr] floats), zero rows past m. */
+    void (*pack_x)(const float *x, int64_t m, int64_t k, int mr, int64_t bstride, float *xp);
     /* Packs weight rows [r0, r0 + nr) (r0 a multiple of 16, nr <= KGEMM_TILE), inputs
      * [k0, k0 + kl) (k0 a multiple of KGEMM_KB, kl <= KGEMM_KC) into ceil(nr / NR) panels of
      * kl * NR floats at wp; rows past nr are zero. Uses w->f32 when set. */
     void (*pack_w)(const ds4_weight_t *w, int64_t r0, int64_t nr, int64_t k0, int64_t kl,
                    float *wp);
-    /* One row group (mr_used <= mr rows, packed with stride mr) against one panel (nr_used <=
-     * NR rows) over a packed K chunk of kl inputs starting at block boundary k0 (k0 == 0: the
-     * first block stores, later blocks add). y: row r, panel row j at y[r * ldy + j]. */
+    /* One row group (mr_used <= mr rows, packed with stride mr, kl inputs contiguous: the
+     * driver passes one K block) against one panel (nr_used <= NR rows) over kl inputs starting
+     * at block boundary k0 (k0 == 0: the first block stores, later blocks add). y: row r, panel
+     * row j at y[r * ldy + j]. */
     void (*kernel)(const float *xp, int mr, int mr_used, const float *wp, int nr_used,
                    int64_t k0, int64_t kl, float *y, int64_t ldy);
 } ds4__kgemm_ops_t;
@@ -83,7 +87,8 @@ int ds4__act_scale_fp8(float amax, float *s, float *inv_s);
 void ds4__act_quant_row_c(const float *x, int64_t n, int block, float *out);
 
 /* The plain-C packers (any level may use them). */
-void ds4__kgemm_pack_x_c(const float *x, int64_t m, int64_t k, int mr, float *xp);
+void ds4__kgemm_pack_x_c(const float *x, int64_t m, int64_t k, int mr, int64_t bstride,
+                         float *xp);
 void ds4__kgemm_pack_w_c(const ds4_weight_t *w, int64_t r0, int64_t nr, int64_t k0, int64_t kl,
                          float *wp);
 
