@@ -51,9 +51,22 @@ static void fp4_random_row(uint8_t *row, int dim, int s_lo, int s_span, int dist
         row[dim / 2 + b] = (uint8_t)(s_lo + (int)(rnd() % (unsigned)s_span));
 }
 
-/* Block exponents: queries s in [q_lo, q_lo + span), keys [k_lo, k_lo + span). */
+/* Makes a row's block exponents leave the kernel's shifted form (spread 4, or a scale byte
+ * below its range when there is one block) while staying within the exactness condition. */
+static void make_slow(uint8_t *row, int dim)
+{
+    int nb = dim / 32;
+    if (nb >= 2) {
+        row[dim / 2 + nb - 1] = (uint8_t)(row[dim / 2] + 4);
+    } else {
+        row[dim / 2] = 64;
+    }
+}
+
+/* Block exponents: queries s in [120, 120 + span), keys [124, 124 + span); slow_pct percent
+ * of the key rows and query rows get the exponents of make_slow. */
 static icase_t case_make(int dim, int nh, int topk, int64_t n_keys, int64_t T, int64_t p0,
-                         int span)
+                         int span, int slow_pct)
 {
     icase_t c = {.dim = dim, .nh = nh, .topk = topk, .n_keys = n_keys, .T = T};
     c.row_bytes = (size_t)(dim / 2 + dim / 32 + 3); /* odd stride on purpose */
@@ -68,17 +81,22 @@ static icase_t case_make(int dim, int nh, int topk, int64_t n_keys, int64_t T, i
     for (int i = 0; i < n_distinct; i++)
         fp4_random_row(pool + (size_t)i * c.row_bytes, dim, 124, span, 4);
     for (int64_t g = 0; g < n_keys; g++) {
+        uint8_t *row = c.rows + (size_t)g * c.row_bytes;
         if (rnd() % 3 == 0)
-            fp4_random_row(c.rows + (size_t)g * c.row_bytes, dim, 124, span, 0);
+            fp4_random_row(row, dim, 124, span, 0);
         else
-            memcpy(c.rows + (size_t)g * c.row_bytes,
-                   pool + (size_t)(rnd() % (unsigned)n_distinct) * c.row_bytes, c.row_bytes);
+            memcpy(row, pool + (size_t)(rnd() % (unsigned)n_distinct) * c.row_bytes,
+                   c.row_bytes);
+        if ((int)(rnd() % 100) < slow_pct)
+            make_slow(row, dim);
     }
     free(pool);
     static const float wset[] = {0.5f, 0.25f, -0.375f, 0.0f, 1.0f, 0.1875f, -1.5f};
     for (int64_t t = 0; t < T; t++) {
         for (int h = 0; h < nh; h++) {
             fp4_random_row(c.qpk + (size_t)(t * nh + h) * qb, dim, 120, span, 0);
+            if ((int)(rnd() % 100) < slow_pct)
+                make_slow(c.qpk + (size_t)(t * nh + h) * qb, dim);
             c.w[t * nh + h] = wset[rnd() % (sizeof(wset) / sizeof(wset[0]))];
         }
         /* causal: position p0 + t sees groups g < (p + 1) / 4, capped by the keys present */
@@ -156,6 +174,9 @@ static double thread_cpu_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Tiles [0] and query rows [1] seen in plain [][0] and shifted [][1] form. */
+static long g_forms[2][2];
+
 /* Runs the kernel on rows [r0, r1) of the case at `level`; sel/n_sel are [T] arrays. */
 static void kernel_rows(const icase_t *c, int64_t r0, int64_t r1, ds4__idxk_level_t level,
                         const ds4_backend_ops_t *ops, ds4_backend_h be, int32_t *sel,
@@ -176,6 +197,10 @@ static void kernel_rows(const icase_t *c, int64_t r0, int64_t r1, ds4__idxk_leve
             const uint8_t *p = c->qpk + (size_t)((r0 + t) * c->nh + h) * qb;
             ds4__idxk_queries_set(&q, t, h, p, p + c->dim / 2);
         }
+    for (int64_t t = 0; t < keys.n_tiles; t++)
+        g_forms[0][keys.fast[t] != 0]++;
+    for (int64_t t = 0; t < T; t++)
+        g_forms[1][q.row_fast[t] != 0]++;
     float *best = malloc(sizeof(float) * (size_t)(T > 0 ? T * c->topk : 1));
     ds4__idxk_job_t job = {.keys = &keys, .q = &q, .w = c->w + r0 * c->nh,
                            .n_visible = c->n_vis + r0, .topk = c->topk, .level = level,
@@ -257,13 +282,18 @@ static void test_v4_shape(void)
         int64_t p0 = nk * 4 - T + 2; /* not a multiple of 4; the last rows see every key */
         if (p0 < 0)
             p0 = 1;
-        icase_t c = case_make(128, 4, 64, nk, T, p0, 3);
+        icase_t c = case_make(128, 4, 64, nk, T, p0, 3, i % 2 == 0 ? 2 : 0);
         char name[64];
         snprintf(name, sizeof(name), "dim128 nh4 topk64 n_keys %lld", (long long)nk);
         check_case(name, &c, &ties);
         case_free(&c);
     }
     fprintf(stderr, "  rows with a tie at the top-k edge: %d\n", ties);
+    fprintf(stderr, "  tiles plain %ld shifted %ld, query rows plain %ld shifted %ld\n",
+            g_forms[0][0], g_forms[0][1], g_forms[1][0], g_forms[1][1]);
+    /* every path of the kernel ran: per-block (plain tiles / plain rows) and whole-dot */
+    DS4_CHECK(g_forms[0][0] > 10 && g_forms[0][1] > 10);
+    DS4_CHECK(g_forms[1][0] > 10 && g_forms[1][1] > 10);
     DS4_CHECK(ties > 10); /* the data must exercise "ties -> lower g" at the threshold */
 }
 
@@ -271,15 +301,15 @@ static void test_other_shapes(void)
 {
     int ties = 0;
     /* 8 heads (two groups of 4), dim 64, small topk: mostly threshold path */
-    icase_t a = case_make(64, 8, 5, 1200, 37, 4 * 1200 - 37 - 1, 4);
+    icase_t a = case_make(64, 8, 5, 1200, 37, 4 * 1200 - 37 - 1, 4, 3);
     check_case("dim64 nh8 topk5", &a, &ties);
     case_free(&a);
     /* 3 heads: the portable level only (SIMD levels take heads 4 at a time) */
-    icase_t b = case_make(32, 3, 7, 300, 19, 4 * 300 - 21, 2);
+    icase_t b = case_make(32, 3, 7, 300, 19, 4 * 300 - 21, 2, 10);
     check_case("dim32 nh3 topk7", &b, &ties);
     case_free(&b);
     /* topk larger than every row's visible keys */
-    icase_t d = case_make(128, 4, 200, 150, 30, 4 * 150 - 31, 3);
+    icase_t d = case_make(128, 4, 200, 150, 30, 4 * 150 - 31, 3, 0);
     check_case("topk > n_visible", &d, &ties);
     case_free(&d);
     DS4_CHECK(ties > 0);
@@ -289,7 +319,7 @@ static void test_other_shapes(void)
  * each other bit for bit (same operation order). */
 static void test_levels_agree_wide_exponents(void)
 {
-    icase_t c = case_make(128, 4, 16, 700, 24, 4 * 700 - 24, 40);
+    icase_t c = case_make(128, 4, 16, 700, 24, 4 * 700 - 24, 40, 0);
     int32_t *ref = calloc((size_t)(c.T * c.topk), sizeof(int32_t));
     int32_t *rn = calloc((size_t)c.T, sizeof(int32_t));
     int32_t *sel = calloc((size_t)(c.T * c.topk), sizeof(int32_t));
@@ -312,7 +342,7 @@ static void test_levels_agree_wide_exponents(void)
 /* Side-by-side speed of the levels (informational): rows x keys at the tiny model's shape. */
 static void test_bench_levels(void)
 {
-    icase_t c = case_make(128, 4, 64, 4096, 64, 4 * 4096, 3);
+    icase_t c = case_make(128, 4, 64, 4096, 64, 4 * 4096, 3, 0);
     int32_t *sel = calloc((size_t)(c.T * c.topk), sizeof(int32_t));
     int32_t *nsel = calloc((size_t)c.T, sizeof(int32_t));
     for (size_t li = 0; li < sizeof(k_levels) / sizeof(k_levels[0]); li++) {

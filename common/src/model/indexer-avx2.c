@@ -1,7 +1,8 @@
 /* AVX2 level of the indexer kernel (indexer-kernel.h): a 16-key tile as two halves of 8 keys,
- * one ymm lane per key. vpmaddubsw multiplies unsigned key values (c + 12 <= 24) by signed
- * query values (|c| <= 12) into int16 pairs (|.| <= 576, no saturation); the 8 groups of a
- * 32-block add up to |.| <= 4608 in int16, then vpmaddwd widens to int32 (exact). */
+ * one ymm lane per key, per-block arithmetic on both tile forms. vpmaddubsw multiplies unsigned
+ * key values (<= 192) by signed plain query values (|c| <= 12) into int16 pairs (|.| <= 4608,
+ * no saturation); 4 groups add up to |.| <= 18432 in int16 before vpmaddwd widens to int32
+ * (exact). */
 #include "indexer-kernel.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -29,7 +30,7 @@ static inline int32_t ld32(const int8_t *p)
 
 /* Scores of 8 keys (half `half` of tile tv/ts) for query row qi0.. (heads nh). */
 static inline TGT __m256 half_scores(const ds4__idxk_job_t *job, const uint8_t *tv,
-                                     const float *ts, int half, int64_t r)
+                                     const float *ts, int half, int64_t r, int32_t cm)
 {
     const ds4__idxk_queries_t *Q = job->q;
     const int dim = Q->dim, nb = dim / DS4__IDXK_BLOCK, nh = Q->n_heads, L = DS4__IDXK_TILE;
@@ -44,25 +45,31 @@ static inline TGT __m256 half_scores(const ds4__idxk_job_t *job, const uint8_t *
         const float *qs = Q->scale + qi * nb;
         __m256 s[4] = {zero, zero, zero, zero};
         for (int b = 0; b < nb; b++) {
-            __m256i p0 = _mm256_setzero_si256(), p1 = p0, p2 = p0, p3 = p0;
-            for (int j = b * 8; j < b * 8 + 8; j++) {
-                const __m256i kv =
-                    _mm256_load_si256((const __m256i *)(tv + (int64_t)j * 64 + 32 * half));
-                __m256i b0 = _mm256_set1_epi32(ld32(q0 + 4 * j));
-                __m256i b1 = _mm256_set1_epi32(ld32(q1 + 4 * j));
-                __m256i b2 = _mm256_set1_epi32(ld32(q2 + 4 * j));
-                __m256i b3 = _mm256_set1_epi32(ld32(q3 + 4 * j));
-                p0 = _mm256_add_epi16(p0, _mm256_maddubs_epi16(kv, b0));
-                p1 = _mm256_add_epi16(p1, _mm256_maddubs_epi16(kv, b1));
-                p2 = _mm256_add_epi16(p2, _mm256_maddubs_epi16(kv, b2));
-                p3 = _mm256_add_epi16(p3, _mm256_maddubs_epi16(kv, b3));
+            __m256i a[4];
+            for (int i = 0; i < 4; i++)
+                a[i] = _mm256_set1_epi32(cm * corr[i * nb + b]);
+            for (int j0 = b * 8; j0 < b * 8 + 8; j0 += 4) {
+                __m256i p0 = _mm256_setzero_si256(), p1 = p0, p2 = p0, p3 = p0;
+                for (int j = j0; j < j0 + 4; j++) {
+                    const __m256i kv =
+                        _mm256_load_si256((const __m256i *)(tv + (int64_t)j * 64 + 32 * half));
+                    __m256i b0 = _mm256_set1_epi32(ld32(q0 + 4 * j));
+                    __m256i b1 = _mm256_set1_epi32(ld32(q1 + 4 * j));
+                    __m256i b2 = _mm256_set1_epi32(ld32(q2 + 4 * j));
+                    __m256i b3 = _mm256_set1_epi32(ld32(q3 + 4 * j));
+                    p0 = _mm256_add_epi16(p0, _mm256_maddubs_epi16(kv, b0));
+                    p1 = _mm256_add_epi16(p1, _mm256_maddubs_epi16(kv, b1));
+                    p2 = _mm256_add_epi16(p2, _mm256_maddubs_epi16(kv, b2));
+                    p3 = _mm256_add_epi16(p3, _mm256_maddubs_epi16(kv, b3));
+                }
+                a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(p0, ones));
+                a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(p1, ones));
+                a[2] = _mm256_add_epi32(a[2], _mm256_madd_epi16(p2, ones));
+                a[3] = _mm256_add_epi32(a[3], _mm256_madd_epi16(p3, ones));
             }
             const __m256 ks = _mm256_load_ps(ts + b * L + 8 * half);
-            __m256i a[4] = {p0, p1, p2, p3};
             for (int i = 0; i < 4; i++) {
-                __m256i acc = _mm256_add_epi32(_mm256_madd_epi16(a[i], ones),
-                                               _mm256_set1_epi32(corr[i * nb + b]));
-                __m256 x = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), ks),
+                __m256 x = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a[i]), ks),
                                          _mm256_set1_ps(qs[i * nb + b]));
                 s[i] = b == 0 ? x : _mm256_add_ps(s[i], x);
             }
@@ -96,11 +103,12 @@ TGT void ds4__idxk_rows_avx2(const ds4__idxk_job_t *job, int64_t r0, int64_t r1)
             int32_t *sel = job->sel + r * topk;
             float *best = job->best + r * topk;
             int k = job->n_sel[r];
+            const int32_t cm = K->fast[t] ? DS4__IDXK_FOFF / DS4__IDXK_KOFF : 1;
             for (int half = 0; half < 2; half++) {
                 int64_t left = nv - t * L - 8 * half;
                 if (left <= 0)
                     break;
-                __m256 score = half_scores(job, tv, ts, half, r);
+                __m256 score = half_scores(job, tv, ts, half, r, cm);
                 unsigned m = left >= 8 ? 0xffu : (1u << left) - 1u;
                 if (k == topk)
                     m &= (unsigned)_mm256_movemask_ps(

@@ -29,72 +29,126 @@ static inline int32_t ld32(const int8_t *p)
     return v;
 }
 
-/* Scores of the 16 keys of tile (tv, ts) for NR (1 or 2, a constant after inlining) query rows
- * r, r + 1: two rows share every key load and give 8 independent dpbusd chains. */
-static inline __attribute__((always_inline)) TGT void tile_scores(const ds4__idxk_job_t *job,
-                                                                  const uint8_t *tv,
-                                                                  const float *ts, int64_t r,
-                                                                  int NR, __m512 *out)
+#define INLINE static inline __attribute__((always_inline)) TGT
+
+/* score += bf16(relu(bf16(x)) * w) for one head: max(0, d) keeps d when d is NaN or -0, as the
+ * scalar `if (d < 0) d = 0` does. */
+INLINE __m512 head_add(__m512 score, __m512 x, __m512 w)
+{
+    __m512 d = _mm512_max_ps(_mm512_setzero_ps(), bf16r(x));
+    return _mm512_add_ps(score, bf16r(_mm512_mul_ps(d, w)));
+}
+
+/* Per-block path: scores of NT (1 or 2, a constant after inlining) consecutive tiles for query
+ * row r, any tile form (cm[i]: the correction multiplier of tile i, 1 plain / 8 shifted). Every
+ * broadcast query group feeds NT tiles; 4 heads x NT tiles give 4 NT independent dpbusd chains. */
+INLINE void block_scores(const ds4__idxk_job_t *job, const uint8_t *tv, const float *ts,
+                         int64_t r, int NT, const int32_t *cm, __m512 *out)
 {
     const ds4__idxk_queries_t *Q = job->q;
     const int dim = Q->dim, nb = dim / DS4__IDXK_BLOCK, nh = Q->n_heads, L = DS4__IDXK_TILE;
+    const int64_t tv_stride = (int64_t)dim * L, ts_stride = (int64_t)nb * L;
     const __m512 zero = _mm512_setzero_ps();
     __m512 score[2] = {zero, zero};
     for (int hg = 0; hg < nh; hg += 4) {
-        const int8_t *qv[2][4];
-        const int32_t *corr[2];
-        const float *qs[2];
+        const int64_t qi = r * nh + hg;
+        const int8_t *qv = Q->vals + qi * dim;
+        const int32_t *corr = Q->corr + qi * nb;
+        const float *qs = Q->scale + qi * nb;
         __m512 s[2][4] = {{zero, zero, zero, zero}, {zero, zero, zero, zero}};
-#pragma GCC unroll 2
-        for (int i = 0; i < NR; i++) {
-            const int64_t qi = (r + i) * nh + hg;
-#pragma GCC unroll 4
-            for (int h = 0; h < 4; h++)
-                qv[i][h] = Q->vals + (qi + h) * dim;
-            corr[i] = Q->corr + qi * nb;
-            qs[i] = Q->scale + qi * nb;
-        }
         for (int b = 0; b < nb; b++) {
             __m512i a[2][4];
 #pragma GCC unroll 2
-            for (int i = 0; i < NR; i++)
+            for (int i = 0; i < NT; i++)
 #pragma GCC unroll 4
                 for (int h = 0; h < 4; h++)
-                    a[i][h] = _mm512_set1_epi32(corr[i][h * nb + b]);
+                    a[i][h] = _mm512_set1_epi32(cm[i] * corr[h * nb + b]);
 #pragma GCC unroll 8
             for (int j = b * 8; j < b * 8 + 8; j++) {
-                const __m512i kv = _mm512_load_si512((const void *)(tv + (int64_t)j * 64));
+                __m512i kv[2];
 #pragma GCC unroll 2
-                for (int i = 0; i < NR; i++)
+                for (int i = 0; i < NT; i++)
+                    kv[i] = _mm512_load_si512((const void *)(tv + i * tv_stride + j * 64));
 #pragma GCC unroll 4
-                    for (int h = 0; h < 4; h++)
-                        a[i][h] = _mm512_dpbusd_epi32(a[i][h], kv,
-                                                      _mm512_set1_epi32(ld32(qv[i][h] + 4 * j)));
-            }
-            const __m512 ks = _mm512_load_ps(ts + b * L);
+                for (int h = 0; h < 4; h++) {
+                    const __m512i qb = _mm512_set1_epi32(ld32(qv + h * dim + 4 * j));
 #pragma GCC unroll 2
-            for (int i = 0; i < NR; i++)
+                    for (int i = 0; i < NT; i++)
+                        a[i][h] = _mm512_dpbusd_epi32(a[i][h], kv[i], qb);
+                }
+            }
+#pragma GCC unroll 2
+            for (int i = 0; i < NT; i++) {
+                const __m512 ks = _mm512_load_ps(ts + i * ts_stride + b * L);
 #pragma GCC unroll 4
                 for (int h = 0; h < 4; h++) {
                     __m512 x = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a[i][h]), ks),
-                                             _mm512_set1_ps(qs[i][h * nb + b]));
+                                             _mm512_set1_ps(qs[h * nb + b]));
                     s[i][h] = b == 0 ? x : _mm512_add_ps(s[i][h], x);
                 }
+            }
         }
+        const float *w = job->w + qi;
+#pragma GCC unroll 4
+        for (int h = 0; h < 4; h++) {
+            const __m512 wh = _mm512_set1_ps(w[h]);
 #pragma GCC unroll 2
-        for (int i = 0; i < NR; i++) {
-            const float *w = job->w + (r + i) * nh + hg;
+            for (int i = 0; i < NT; i++)
+                score[i] = head_add(score[i], s[i][h], wh);
+        }
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < NT; i++)
+        out[i] = bf16r(score[i]);
+}
+
+/* Whole-dot path (shifted tiles and a shifted query row): one exact int32 dot per head over
+ * all dims, scaled by the tile's and the query's s_min powers of two. */
+INLINE void fast_scores(const ds4__idxk_job_t *job, const uint8_t *tv, const float *ts,
+                        int64_t r, int NT, __m512 *out)
+{
+    const ds4__idxk_queries_t *Q = job->q;
+    const int dim = Q->dim, nb = dim / DS4__IDXK_BLOCK, nh = Q->n_heads, L = DS4__IDXK_TILE;
+    const int64_t tv_stride = (int64_t)dim * L, ts_stride = (int64_t)nb * L;
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 score[2] = {zero, zero};
+    for (int hg = 0; hg < nh; hg += 4) {
+        const int64_t qi = r * nh + hg;
+        const int8_t *qv = Q->fvals + qi * dim;
+        __m512i a[2][4];
+#pragma GCC unroll 2
+        for (int i = 0; i < NT; i++)
+#pragma GCC unroll 4
+            for (int h = 0; h < 4; h++)
+                a[i][h] = _mm512_set1_epi32(Q->fcorr[qi + h]);
+#pragma GCC unroll 8
+        for (int j = 0; j < dim / 4; j++) {
+            __m512i kv[2];
+#pragma GCC unroll 2
+            for (int i = 0; i < NT; i++)
+                kv[i] = _mm512_load_si512((const void *)(tv + i * tv_stride + j * 64));
 #pragma GCC unroll 4
             for (int h = 0; h < 4; h++) {
-                /* max(0, d) keeps d when d is NaN or -0, as the scalar `if (d < 0) d = 0` */
-                __m512 d = _mm512_max_ps(zero, bf16r(s[i][h]));
-                score[i] = _mm512_add_ps(score[i],
-                                         bf16r(_mm512_mul_ps(d, _mm512_set1_ps(w[h]))));
+                const __m512i qb = _mm512_set1_epi32(ld32(qv + h * dim + 4 * j));
+#pragma GCC unroll 2
+                for (int i = 0; i < NT; i++)
+                    a[i][h] = _mm512_dpbusd_epi32(a[i][h], kv[i], qb);
+            }
+        }
+        const float *w = job->w + qi;
+#pragma GCC unroll 2
+        for (int i = 0; i < NT; i++) {
+            const __m512 ks = _mm512_load_ps(ts + i * ts_stride);
+#pragma GCC unroll 4
+            for (int h = 0; h < 4; h++) {
+                __m512 x = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a[i][h]), ks),
+                                         _mm512_set1_ps(Q->fscale[qi + h]));
+                score[i] = head_add(score[i], x, _mm512_set1_ps(w[h]));
             }
         }
     }
 #pragma GCC unroll 2
-    for (int i = 0; i < NR; i++)
+    for (int i = 0; i < NT; i++)
         out[i] = bf16r(score[i]);
 }
 
@@ -150,21 +204,33 @@ TGT void ds4__idxk_rows_avx512(const ds4__idxk_job_t *job, int64_t r0, int64_t r
         job->n_sel[r] = 0;
     const int64_t nv_max = job->n_visible[r1 - 1];
     const int64_t n_tiles = (nv_max + L - 1) / L;
-    for (int64_t t = 0; t < n_tiles; t++) {
+    const int32_t cmul = DS4__IDXK_FOFF / DS4__IDXK_KOFF;
+    for (int64_t t = 0; t < n_tiles; t += 2) {
         const uint8_t *tv = K->vals + t * (int64_t)dim * L;
         const float *ts = K->scale + t * (int64_t)nb * L;
-        int64_t r = r0;
-        while (r < r1 && t * L >= job->n_visible[r]) /* rows that see none of this tile */
-            r++;
+        const bool two = t + 1 < n_tiles;
+        const int32_t cm[2] = {K->fast[t] ? cmul : 1, two && K->fast[t + 1] ? cmul : 1};
+        const bool fast1 = K->fast[t] != 0, fast2 = fast1 && two && K->fast[t + 1] != 0;
         __m512 sc[2];
-        for (; r + 2 <= r1; r += 2) { /* n_visible is non-decreasing: r + 1 sees it too */
-            tile_scores(job, tv, ts, r, 2, sc);
-            tile_select(job, t, r, sc[0]);
-            tile_select(job, t, r + 1, sc[1]);
-        }
-        if (r < r1) {
-            tile_scores(job, tv, ts, r, 1, sc);
-            tile_select(job, t, r, sc[0]);
+        for (int64_t r = r0; r < r1; r++) {
+            const int64_t nv = job->n_visible[r];
+            if (t * L >= nv)
+                continue;
+            const bool rf = job->q->row_fast[r] != 0;
+            if ((t + 1) * L < nv) { /* the row sees both tiles */
+                if (rf && fast2)
+                    fast_scores(job, tv, ts, r, 2, sc);
+                else
+                    block_scores(job, tv, ts, r, 2, cm, sc);
+                tile_select(job, t, r, sc[0]);
+                tile_select(job, t + 1, r, sc[1]);
+            } else {
+                if (rf && fast1)
+                    fast_scores(job, tv, ts, r, 1, sc);
+                else
+                    block_scores(job, tv, ts, r, 1, cm, sc);
+                tile_select(job, t, r, sc[0]);
+            }
         }
     }
 }

@@ -34,9 +34,11 @@ ds4_status_t ds4__idxk_keys_alloc(ds4__idxk_keys_t *k, int dim, int64_t n_keys)
         return DS4_ERR_NO_MEMORY;
     uint8_t *vals = ds4_aligned_alloc(64, vbytes);
     float *scale = ds4_aligned_alloc(64, sbytes);
-    if (vals == NULL || scale == NULL) {
+    uint8_t *fast = ds4_malloc(nt);
+    if (vals == NULL || scale == NULL || fast == NULL) {
         ds4_free(vals);
         ds4_free(scale);
+        ds4_free(fast);
         return DS4_ERR_NO_MEMORY;
     }
     k->dim = dim;
@@ -44,6 +46,7 @@ ds4_status_t ds4__idxk_keys_alloc(ds4__idxk_keys_t *k, int dim, int64_t n_keys)
     k->n_tiles = n_tiles;
     k->vals = vals;
     k->scale = scale;
+    k->fast = fast;
     return DS4_OK;
 }
 
@@ -51,38 +54,71 @@ void ds4__idxk_keys_free(ds4__idxk_keys_t *k)
 {
     ds4_free(k->vals);
     ds4_free(k->scale);
+    ds4_free(k->fast);
     k->vals = NULL;
     k->scale = NULL;
+    k->fast = NULL;
+}
+
+/* Shifted-form eligibility of dim/32 scale bytes; *smin receives the smallest. */
+static bool fast_ok(const uint8_t *sc, int nb, int *smin)
+{
+    int lo = 255, hi = 0;
+    for (int b = 0; b < nb; b++) {
+        lo = sc[b] < lo ? sc[b] : lo;
+        hi = sc[b] > hi ? sc[b] : hi;
+    }
+    *smin = lo;
+    return lo >= DS4__IDXK_FSMIN && hi <= DS4__IDXK_FSMAX && hi - lo <= DS4__IDXK_FSPREAD;
 }
 
 void ds4__idxk_keys_fill(ds4__idxk_keys_t *k, const uint8_t *rows, size_t row_bytes, int64_t t0,
                          int64_t t1)
 {
-    /* One packed byte (two codes) -> two offset values c + 12, low element first. */
-    uint16_t pair[256];
-    for (int b = 0; b < 256; b++)
-        pair[b] = (uint16_t)((fp4_c((uint8_t)(b & 15)) + DS4__IDXK_KOFF) |
-                             ((fp4_c((uint8_t)(b >> 4)) + DS4__IDXK_KOFF) << 8));
+    /* One packed byte (two codes) -> two offset values, low element first: plain (c + 12) and
+     * shifted by d = 0..3 (c * 2^d + 96). */
+    uint16_t pair[1 + DS4__IDXK_FSPREAD + 1][256];
+    for (int b = 0; b < 256; b++) {
+        int lo = fp4_c((uint8_t)(b & 15)), hi = fp4_c((uint8_t)(b >> 4));
+        pair[0][b] = (uint16_t)((lo + DS4__IDXK_KOFF) | ((hi + DS4__IDXK_KOFF) << 8));
+        for (int d = 0; d <= DS4__IDXK_FSPREAD; d++)
+            pair[1 + d][b] = (uint16_t)((lo * (1 << d) + DS4__IDXK_FOFF) |
+                                        ((hi * (1 << d) + DS4__IDXK_FOFF) << 8));
+    }
     const int dim = k->dim, nq = dim / 4, nb = dim / DS4__IDXK_BLOCK, L = DS4__IDXK_TILE;
     for (int64_t t = t0; t < t1; t++) {
         uint8_t *tv = k->vals + t * (int64_t)dim * L;
         float *ts = k->scale + t * (int64_t)nb * L;
+        bool fast = true;
+        for (int l = 0; l < L && fast; l++) {
+            int64_t g = t * L + l;
+            int smin;
+            if (g < k->n_keys)
+                fast = fast_ok(rows + (size_t)g * row_bytes + dim / 2, nb, &smin);
+        }
+        k->fast[t] = fast ? 1 : 0;
         for (int l = 0; l < L; l++) {
             int64_t g = t * L + l;
             if (g >= k->n_keys) {
                 for (int j = 0; j < nq; j++)
-                    memset(tv + ((int64_t)j * L + l) * 4, DS4__IDXK_KOFF, 4);
+                    memset(tv + ((int64_t)j * L + l) * 4, fast ? DS4__IDXK_FOFF : DS4__IDXK_KOFF,
+                           4);
                 for (int b = 0; b < nb; b++)
                     ts[b * L + l] = 0.0f;
                 continue;
             }
             const uint8_t *row = rows + (size_t)g * row_bytes;
+            const uint8_t *sc = row + dim / 2;
+            int smin = 0;
+            if (fast)
+                fast_ok(sc, nb, &smin);
             for (int j = 0; j < nq; j++) {
-                uint32_t v = (uint32_t)pair[row[2 * j]] | ((uint32_t)pair[row[2 * j + 1]] << 16);
+                const uint16_t *pt = fast ? pair[1 + sc[j / 8] - smin] : pair[0];
+                uint32_t v = (uint32_t)pt[row[2 * j]] | ((uint32_t)pt[row[2 * j + 1]] << 16);
                 memcpy(tv + ((int64_t)j * L + l) * 4, &v, 4);
             }
             for (int b = 0; b < nb; b++)
-                ts[b * L + l] = fp4_scale(row[dim / 2 + b]);
+                ts[b * L + l] = fp4_scale(fast ? (uint8_t)smin : sc[b]);
         }
     }
 }
@@ -92,21 +128,22 @@ ds4_status_t ds4__idxk_queries_alloc(ds4__idxk_queries_t *q, int dim, int n_head
     DS4_ASSERT(dim > 0 && dim % DS4__IDXK_BLOCK == 0 && n_heads > 0 && n_rows >= 0);
     size_t n = (size_t)(n_rows > 0 ? n_rows : 1) * (size_t)n_heads;
     int nb = dim / DS4__IDXK_BLOCK;
-    int8_t *vals = ds4_aligned_alloc(64, n * (size_t)dim);
-    int32_t *corr = ds4_malloc_array(n * (size_t)nb, sizeof(int32_t));
-    float *scale = ds4_malloc_array(n * (size_t)nb, sizeof(float));
-    if (vals == NULL || corr == NULL || scale == NULL) {
-        ds4_free(vals);
-        ds4_free(corr);
-        ds4_free(scale);
+    size_t nr = (size_t)(n_rows > 0 ? n_rows : 1);
+    ds4__idxk_queries_t z = {.dim = dim, .n_heads = n_heads, .n_rows = n_rows};
+    z.vals = ds4_aligned_alloc(64, n * (size_t)dim);
+    z.corr = ds4_malloc_array(n * (size_t)nb, sizeof(int32_t));
+    z.scale = ds4_malloc_array(n * (size_t)nb, sizeof(float));
+    z.fvals = ds4_aligned_alloc(64, n * (size_t)dim);
+    z.fcorr = ds4_malloc_array(n, sizeof(int32_t));
+    z.fscale = ds4_malloc_array(n, sizeof(float));
+    z.row_fast = ds4_malloc(nr);
+    if (z.vals == NULL || z.corr == NULL || z.scale == NULL || z.fvals == NULL ||
+        z.fcorr == NULL || z.fscale == NULL || z.row_fast == NULL) {
+        ds4__idxk_queries_free(&z);
         return DS4_ERR_NO_MEMORY;
     }
-    q->dim = dim;
-    q->n_heads = n_heads;
-    q->n_rows = n_rows;
-    q->vals = vals;
-    q->corr = corr;
-    q->scale = scale;
+    memset(z.row_fast, 1, nr);
+    *q = z;
     return DS4_OK;
 }
 
@@ -115,9 +152,17 @@ void ds4__idxk_queries_free(ds4__idxk_queries_t *q)
     ds4_free(q->vals);
     ds4_free(q->corr);
     ds4_free(q->scale);
+    ds4_free(q->fvals);
+    ds4_free(q->fcorr);
+    ds4_free(q->fscale);
+    ds4_free(q->row_fast);
     q->vals = NULL;
     q->corr = NULL;
     q->scale = NULL;
+    q->fvals = NULL;
+    q->fcorr = NULL;
+    q->fscale = NULL;
+    q->row_fast = NULL;
 }
 
 void ds4__idxk_queries_set(ds4__idxk_queries_t *q, int64_t r, int h, const uint8_t *packed,
@@ -136,10 +181,24 @@ void ds4__idxk_queries_set(ds4__idxk_queries_t *q, int64_t r, int h, const uint8
         q->corr[qi * nb + b] = -DS4__IDXK_KOFF * sum;
         q->scale[qi * nb + b] = fp4_scale(scales[b]);
     }
+    int smin;
+    if (!fast_ok(scales, nb, &smin)) {
+        q->row_fast[r] = 0;
+        return;
+    }
+    int8_t *fv = q->fvals + qi * dim;
+    int32_t fsum = 0;
+    for (int i = 0; i < dim; i++) {
+        fv[i] = (int8_t)(v[i] * (1 << (scales[i / DS4__IDXK_BLOCK] - smin)));
+        fsum += fv[i];
+    }
+    q->fcorr[qi] = -DS4__IDXK_FOFF * fsum;
+    q->fscale[qi] = fp4_scale((uint8_t)smin);
 }
 
-/* Portable level: the same operations in the same order as the SIMD levels, one key at a
- * time (the offset values and the correction cancel exactly in int32). */
+/* Portable level: the per-block arithmetic of the SIMD levels, one key at a time (the offset
+ * values and the correction cancel exactly in int32). It does not need the whole-dot fast path:
+ * that path gives the same values (see the header). */
 void ds4__idxk_rows_portable(const ds4__idxk_job_t *job, int64_t r0, int64_t r1)
 {
     const ds4__idxk_keys_t *K = job->keys;
@@ -161,8 +220,9 @@ void ds4__idxk_rows_portable(const ds4__idxk_job_t *job, int64_t r0, int64_t r1)
                 int64_t qi = r * nh + h;
                 const int8_t *qv = Q->vals + qi * dim;
                 float s = 0.0f;
+                const int32_t cm = K->fast[t] ? DS4__IDXK_FOFF / DS4__IDXK_KOFF : 1;
                 for (int b = 0; b < nb; b++) {
-                    int32_t acc = Q->corr[qi * nb + b];
+                    int32_t acc = cm * Q->corr[qi * nb + b];
                     for (int i = b * DS4__IDXK_BLOCK; i < (b + 1) * DS4__IDXK_BLOCK; i++)
                         acc += (int32_t)tv[((int64_t)(i / 4) * L + l) * 4 + (i & 3)] * qv[i];
                     float x = (float)acc * ts[b * L + l];

@@ -19,8 +19,19 @@
  *
  * Keys live in a tiled copy made from the FP4 wire rows (ds4__index_row_*): tiles of 16 keys,
  * for each group of 4 dims a 64-byte vector (key l's 4 values at bytes 4l..4l+3), values stored
- * as c + 12 in [0, 24] (unsigned for the int8 dot instructions; the query side carries the
- * -12 * sum(c_q) correction per block), and the block scales as fp32 [block][16 keys].
+ * unsigned with an offset (for the int8 dot instructions; the query side carries the matching
+ * -offset * sum(c_q) correction) and the block scales as fp32 [block][16 keys]. Two forms:
+ *   plain:  c + 12 in [0, 24], scale[b] = 2^(s_b - 128).
+ *   shifted ("fast"), when every key of the tile has block exponents within 3 of its smallest
+ *           (s_min) and s in [66, 180]: c' = c * 2^(s_b - s_min) (|c'| <= 96) stored as c' + 96,
+ *           every scale[b] = 2^(s_min - 128). A block dot with shifted values is the plain one
+ *           times 2^(s_b - s_min), exactly (|.| < 2^24), so x_b = fl(dot') * scale'[b] equals
+ *           fl(dot) * scale[b]: the per-block arithmetic gives identical results on both forms.
+ * A query (row, head) has the same two forms; when the query and the tile are both shifted, the
+ * whole 128-dim dot is one exact integer (|.| <= 4 * 4608 * 2^6 < 2^24) scaled by the two
+ * s_min powers of two: the exact dot, which is also what the per-block sum gives (its exponent
+ * spread is <= 6, within the exactness condition), so the fast path changes no result. The
+ * exponent range keeps every product of scales normal (no underflow, no overflow).
  *
  * Dispatch: AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw), portable C, chosen at run time with
  * __builtin_cpu_supports (no global -march); all levels give identical results.
@@ -39,7 +50,11 @@
 
 #define DS4__IDXK_TILE 16   /* keys per tile */
 #define DS4__IDXK_BLOCK 32  /* values per scale block */
-#define DS4__IDXK_KOFF 12   /* offset added to key values (c + 12 >= 0) */
+#define DS4__IDXK_KOFF 12   /* offset added to plain key values (c + 12 >= 0) */
+#define DS4__IDXK_FOFF 96   /* offset added to shifted key values (c' + 96 >= 0) */
+#define DS4__IDXK_FSPREAD 3 /* shifted form: block exponents within 3 of the smallest */
+#define DS4__IDXK_FSMIN 66  /* shifted form: scale bytes in [66, 180] */
+#define DS4__IDXK_FSMAX 180
 
 typedef enum ds4__idxk_level {
     DS4__IDXK_AUTO = 0,     /* best level this CPU supports */
@@ -53,8 +68,9 @@ typedef struct ds4__idxk_keys {
     int dim;
     int64_t n_keys;
     int64_t n_tiles;         /* ceil(n_keys / 16) */
-    uint8_t *vals;           /* [n_tiles][dim/4][16][4]: c + 12; padding keys hold 12 (c = 0) */
-    float *scale;            /* [n_tiles][dim/32][16]: 2^(s - 128); padding keys 0 */
+    uint8_t *vals;           /* [n_tiles][dim/4][16][4]: offset values; padding keys c = 0 */
+    float *scale;            /* [n_tiles][dim/32][16]: block scales; padding keys 0 */
+    uint8_t *fast;           /* [n_tiles]: 1 = shifted form, 0 = plain */
 } ds4__idxk_keys_t;
 
 /* Queries: n_rows x n_heads rows of dim FP4 values. */
@@ -63,8 +79,14 @@ typedef struct ds4__idxk_queries {
     int n_heads;
     int64_t n_rows;
     int8_t *vals;            /* [rows][heads][dim]: c in [-12, 12] */
-    int32_t *corr;           /* [rows][heads][dim/32]: -12 * sum of the block's c */
+    int32_t *corr;           /* [rows][heads][dim/32]: -12 * sum of the block's c (x 8 for
+                              * shifted tiles: -96 * sum) */
     float *scale;            /* [rows][heads][dim/32]: 2^(s - 128) */
+    /* shifted form (valid where row_fast) */
+    int8_t *fvals;           /* [rows][heads][dim]: c' = c * 2^(s_b - s_min) */
+    int32_t *fcorr;          /* [rows][heads]: -96 * sum of c' */
+    float *fscale;           /* [rows][heads]: 2^(s_min - 128) */
+    uint8_t *row_fast;       /* [rows]: 1 when every head of the row has the shifted form */
 } ds4__idxk_queries_t;
 
 /* Allocates tiles for n_keys keys (contents undefined until filled). */
@@ -78,7 +100,7 @@ void ds4__idxk_keys_free(ds4__idxk_keys_t *k);
 
 ds4_status_t ds4__idxk_queries_alloc(ds4__idxk_queries_t *q, int dim, int n_heads, int64_t n_rows);
 /* Sets query (row r, head h) from packed e2m1 codes (dim/2 bytes) and dim/32 ue8m0 bytes, as
- * ds4_act_quant_fp4 produces them. */
+ * ds4_act_quant_fp4 produces them. Every (r, h) must be set exactly once. */
 void ds4__idxk_queries_set(ds4__idxk_queries_t *q, int64_t r, int h, const uint8_t *packed,
                            const uint8_t *scales);
 void ds4__idxk_queries_free(ds4__idxk_queries_t *q);
