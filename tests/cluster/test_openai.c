@@ -445,6 +445,20 @@ static void test_completions_ids(void)
     sse_free(&s);
     free(r.body);
     free(want_text);
+
+    /* seeded sampling: the same tokens as the engine with the same sampler and seed */
+    gen_t g2 = {.ids = prompt, .n_ids = N, .max_tokens = MAX, .temperature = 0.8f,
+                .top_p = 0.9f, .top_k = 40, .seed = 4242, .seeded = true};
+    DS4_CHECK(pdh_ref_generate(&g2, want, &n_want));
+    o = post("/v1/completions",
+             json_pack("{s:o, s:i, s:f, s:f, s:i, s:i, s:b}", "prompt", ids_json(prompt, N),
+                       "max_tokens", MAX, "temperature", 0.8, "top_p", 0.9, "top_k", 40, "seed",
+                       4242, "return_token_ids", 1),
+             &r);
+    DS4_CHECKF(r.status == 200, "%d %s", r.status, r.body);
+    DS4_CHECK(ids_equal(jpath(o, "$.choices[0].token_ids"), want, n_want));
+    json_decref(o);
+    free(r.body);
     free(prompt);
 }
 
@@ -486,12 +500,36 @@ static void check_chat(bool thinking, uint32_t max_tokens)
                                  "content", "You are terse.", "role", "user", "content", "type",
                                  "text", "text", "Explain KV caches.");
     http_resp_t r;
-    json_t *req = json_pack("{s:O, s:i, s:f, s:b, s:s}", "messages", messages,
+    json_t *req = json_pack("{s:o, s:i, s:f, s:b, s:s}", "messages", messages,
                             "max_completion_tokens", max_tokens, "temperature", 0.0,
                             "return_token_ids", 1, "reasoning_effort", thinking ? "high" : "none");
+    if (!thinking) { /* logprobs of the answer: greedy took the most likely token */
+        json_object_set_new(req, "logprobs", json_true());
+        json_object_set_new(req, "top_logprobs", json_integer(2));
+    }
     json_t *o = post("/v1/chat/completions", json_deep_copy(req), &r);
     DS4_CHECKF(r.status == 200 && o != NULL, "%d %s", r.status, r.body);
     DS4_CHECK_STR_CONTAINS(jstr(o, "object"), "chat.completion");
+    if (!thinking) {
+        json_t *lc = jpath(o, "$.choices[0].logprobs.content");
+        DS4_CHECK_EQ_INT(json_array_size(lc), n_want);
+        for (size_t i = 0; i < json_array_size(lc) && i < n_want; i++) {
+            json_t *e = json_array_get(lc, i);
+            char *t = (uint32_t)want[i] < ds4_tokenizer_n_ids(tok) ? NULL : strdup("");
+            if (t == NULL)
+                ds4_tokenizer_decode(tok, &want[i], 1, false, &t, &(size_t){0}, NULL);
+            DS4_CHECKF(jstr(e, "token") != NULL && strcmp(jstr(e, "token"), t) == 0,
+                       "[%zu] %s vs %s", i, jstr(e, "token"), t);
+            free(t);
+            double lp = json_real_value(json_object_get(e, "logprob"));
+            json_t *top = json_object_get(e, "top_logprobs");
+            DS4_CHECK_EQ_INT(json_array_size(top), 2);
+            DS4_CHECK(lp <= 0 && lp >= json_real_value(jpath(top, "[1].logprob")));
+            DS4_CHECK(fabs(lp - json_real_value(jpath(top, "[0].logprob"))) < 1e-6);
+        }
+        json_object_del(req, "logprobs");
+        json_object_del(req, "top_logprobs");
+    }
     DS4_CHECK(ids_equal(jpath(o, "$.choices[0].token_ids"), want, n_want));
     const char *content = jstr(o, "$.choices[0].message.content");
     const char *reasoning = jstr(o, "$.choices[0].message.reasoning_content");
