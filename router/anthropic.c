@@ -86,8 +86,9 @@ void anthropic_parse(api_req_t *a, const json_t *body, ds4_diag_t *d)
     }
     const json_t *tools = present(body, "tools");
     if (tools != NULL && !(json_is_array(tools) && json_array_size(tools) == 0))
-        ds4_diag_addf(d, "tools", "tools are not supported on /v1/messages (use "
-                                  "/v1/chat/completions)");
+        ds4_diag_addf(d, "tools",
+                      "tools are not supported on /v1/messages (use "
+                      "/v1/chat/completions)");
     json_t *out = json_array();
     if (out == NULL) {
         ds4_diag_addf(d, "messages", "out of memory");
@@ -129,8 +130,8 @@ void anthropic_parse(api_req_t *a, const json_t *body, ds4_diag_t *d)
         }
         bool assistant = strcmp(r, "assistant") == 0;
         api_buf_t thinking = {0};
-        json_t *text = blocks_text(content, ds4_json_path(pp, sizeof(pp), p, "content"),
-                                   assistant, &thinking, d);
+        json_t *text = blocks_text(content, ds4_json_path(pp, sizeof(pp), p, "content"), assistant,
+                                   &thinking, d);
         if (text != NULL) {
             json_t *o = json_pack("{s:s, s:o}", "role", r, "content", text);
             if (thinking.len > 0)
@@ -210,16 +211,15 @@ void anthropic_on_message(api_req_t *a, const Ds4__V1__GenerateResponse *resp)
         close_block(a);
         a->block = want;
         api_sse(a, "content_block_start",
-                json_pack("{s:s, s:i, s:o}", "type", "content_block_start", "index",
-                          a->block_index, "content_block",
+                json_pack("{s:s, s:i, s:o}", "type", "content_block_start", "index", a->block_index,
+                          "content_block",
                           reasoning ? json_pack("{s:s, s:s, s:s}", "type", "thinking", "thinking",
                                                 "", "signature", "")
                                     : json_pack("{s:s, s:s}", "type", "text", "text", "")));
     }
     api_sse(a, "content_block_delta",
             json_pack("{s:s, s:i, s:{s:s, s:o}}", "type", "content_block_delta", "index",
-                      a->block_index, "delta", "type",
-                      reasoning ? "thinking_delta" : "text_delta",
+                      a->block_index, "delta", "type", reasoning ? "thinking_delta" : "text_delta",
                       reasoning ? "thinking" : "text", json_stringn(text, len)));
 }
 
@@ -239,18 +239,18 @@ void anthropic_on_done(api_req_t *a)
     }
     json_t *content = json_array();
     if (a->chat_mode == DS4_CHAT_MODE_THINKING)
-        json_array_append_new(content,
-                              json_pack("{s:s, s:o, s:s}", "type", "thinking", "thinking",
-                                        json_stringn(a->reasoning.p != NULL ? a->reasoning.p : "",
-                                                     a->reasoning.len),
-                                        "signature", ""));
-    json_array_append_new(content, json_pack("{s:s, s:o}", "type", "text", "text",
-                                             json_stringn(a->content.p != NULL ? a->content.p : "",
-                                                          a->content.len)));
-    json_t *obj = json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:s?, s:{s:I, s:I}}", "id", a->id,
-                            "type", "message", "role", "assistant", "model", a->rt->opt.model,
-                            "content", content, "stop_reason", reason, "stop_sequence", seq,
-                            "usage", "input_tokens", (json_int_t)a->prompt_tokens,
-                            "output_tokens", (json_int_t)a->completion_tokens);
+        json_array_append_new(
+            content,
+            json_pack("{s:s, s:o, s:s}", "type", "thinking", "thinking",
+                      json_stringn(a->reasoning.p != NULL ? a->reasoning.p : "", a->reasoning.len),
+                      "signature", ""));
+    json_array_append_new(
+        content, json_pack("{s:s, s:o}", "type", "text", "text",
+                           json_stringn(a->content.p != NULL ? a->content.p : "", a->content.len)));
+    json_t *obj =
+        json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:s?, s:{s:I, s:I}}", "id", a->id, "type",
+                  "message", "role", "assistant", "model", a->rt->opt.model, "content", content,
+                  "stop_reason", reason, "stop_sequence", seq, "usage", "input_tokens",
+                  (json_int_t)a->prompt_tokens, "output_tokens", (json_int_t)a->completion_tokens);
     api_respond_json(a, 200, obj);
 }

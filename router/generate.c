@@ -17,8 +17,8 @@ struct request {
     request_t *prev, *next;
     uint64_t id;
     char *client_id;
-    const router_sink_ops_t *sink; /* where the output goes (gRPC stream or HTTP exchange) */
-    void *out;                     /* the sink's argument; NULL once finished */
+    const router_sink_ops_t *sink;  /* where the output goes (gRPC stream or HTTP exchange) */
+    void *out;                      /* the sink's argument; NULL once finished */
     uint64_t client_deadline_at_ms; /* the client's own deadline (UINT64_MAX: none) */
     prepared_t prep;
     bool return_text, in_reasoning;
@@ -664,7 +664,8 @@ ds4_rpc_code_t router_submit(router_t *rt, const router_submit_t *sub, request_t
     bool need_text = r->return_text || r->n_stops > 0;
     ds4_detok_params_t dtp = ds4_detok_params_default();
     dtp.skip_special_tokens = sub->skip_special_tokens;
-    if (r->client_id == NULL || (need_text && ds4_detok_create(rt->tok, &dtp, &r->detok) != DS4_OK)) {
+    if (r->client_id == NULL ||
+        (need_text && ds4_detok_create(rt->tok, &dtp, &r->detok) != DS4_OK)) {
         ds4_free(r->client_id);
         ds4_free(r);
         snprintf(msg, msg_len, "out of memory");

@@ -288,7 +288,8 @@ void api_parse_sampling(api_req_t *a, const json_t *body, bool anthropic, ds4_di
         mt = "max_completion_tokens";
     if (anthropic && present(body, "max_tokens") == NULL)
         ds4_diag_addf(d, "max_tokens", "required");
-    if (present(body, mt) != NULL && ds4_json_get_i64(body, "", mt, false, 1, UINT32_MAX, &i64, d)) {
+    if (present(body, mt) != NULL &&
+        ds4_json_get_i64(body, "", mt, false, 1, UINT32_MAX, &i64, d)) {
         sp->max_tokens = (uint32_t)i64;
         a->max_tokens_given = true;
     }
@@ -333,9 +334,8 @@ void api_parse_sampling(api_req_t *a, const json_t *body, bool anthropic, ds4_di
         sp->stop_token_ids = a->stop_token_ids;
         sp->n_stop_token_ids = n;
     }
-    if (present(body, "n") != NULL && ds4_json_get_i64(body, "", "n", false, INT64_MIN, INT64_MAX,
-                                                       &i64, d) &&
-        i64 != 1)
+    if (present(body, "n") != NULL &&
+        ds4_json_get_i64(body, "", "n", false, INT64_MIN, INT64_MAX, &i64, d) && i64 != 1)
         ds4_diag_addf(d, "n", "only n = 1 is supported, got %" PRId64, i64);
     if (present(body, "deadline_ms") != NULL &&
         ds4_json_get_i64(body, "", "deadline_ms", false, 1, UINT32_MAX, &i64, d))
@@ -358,8 +358,7 @@ void api_parse_reasoning(api_req_t *a, const json_t *body, ds4_diag_t *d)
         const char *e = json_is_string(v) ? json_string_value(v) : "";
         if (strcmp(e, "none") == 0) {
             a->chat_mode = DS4_CHAT_MODE_CHAT;
-        } else if (strcmp(e, "minimal") == 0 || strcmp(e, "low") == 0 ||
-                   strcmp(e, "medium") == 0) {
+        } else if (strcmp(e, "minimal") == 0 || strcmp(e, "low") == 0 || strcmp(e, "medium") == 0) {
             a->chat_mode = DS4_CHAT_MODE_THINKING;
             a->reasoning_effort = DS4_REASONING_EFFORT_NONE;
         } else if (strcmp(e, "high") == 0) {
@@ -518,8 +517,8 @@ static void on_client_close(ds4_http_exchange_h ex, void *arg)
 /* router_prepare's field names ("sampling.max_tokens", "prompt_ids.ids") in the API's words. */
 static void rename_fields(const api_req_t *a, const char *in, char *out, size_t cap)
 {
-    static const char *const from[] = {"sampling.stop_token_ids", "sampling.stop",
-                                       "sampling.", "prompt_ids.ids", "prompt_text", "prompt:"};
+    static const char *const from[] = {"sampling.stop_token_ids", "sampling.stop", "sampling.",
+                                       "prompt_ids.ids",          "prompt_text",   "prompt:"};
     const char *prompt = a->kind == API_COMPLETION ? "prompt" : "messages";
     size_t o = 0;
     while (*in != '\0' && o + 1 < cap) {
@@ -602,7 +601,8 @@ static void api_post(ds4_http_exchange_h ex, const ds4_http_request_t *req, rout
         (!json_is_string(model) || strcmp(json_string_value(model), rt->opt.model) != 0)) {
         status = json_is_string(model) ? 404 : 400;
         if (json_is_string(model))
-            ds4_diag_addf(&d, "model", "the model \"%s\" does not exist (this cluster serves \"%s\")",
+            ds4_diag_addf(&d, "model",
+                          "the model \"%s\" does not exist (this cluster serves \"%s\")",
                           json_string_value(model), rt->opt.model);
         else
             ds4_diag_addf(&d, "model", "expected a string, got %s", ds4_json_type_name(model));
@@ -630,7 +630,7 @@ static void api_post(ds4_http_exchange_h ex, const ds4_http_request_t *req, rout
         }
         uint32_t left = ctx > n_prompt + 1 ? ctx - (uint32_t)n_prompt : 1;
         a->sp.max_tokens = DS4_MAX(1u, ctx == 0 ? rt->opt.default_max_tokens
-                                               : DS4_MIN(left, rt->opt.default_max_tokens));
+                                                : DS4_MIN(left, rt->opt.default_max_tokens));
     }
     /* logprobs: the proto's N is the sampled token + the top N-1 */
     a->sp.logprobs = a->want_logprobs ? a->top_logprobs + 1 : 0;
@@ -740,8 +740,7 @@ void router_http_api(ds4_http_exchange_h ex, const ds4_http_request_t *req, void
     if (strcmp(req->path, "/v1/models") == 0 || strncmp(req->path, "/v1/models/", 11) == 0) {
         if (!get) {
             char m[128];
-            snprintf(m, sizeof(m), "method %s not allowed on %s (use GET)", req->method,
-                     req->path);
+            snprintf(m, sizeof(m), "method %s not allowed on %s (use GET)", req->method, req->path);
             api_error(ex, API_CHAT, 405, NULL, m);
             return;
         }
@@ -756,12 +755,12 @@ void router_http_api(ds4_http_exchange_h ex, const ds4_http_request_t *req, void
             return;
         }
         json_t *m = model_object(rt);
-        respond_value(ex, m != NULL ? json_pack("{s:s, s:[o]}", "object", "list", "data", m)
-                                    : NULL);
+        respond_value(ex,
+                      m != NULL ? json_pack("{s:s, s:[o]}", "object", "list", "data", m) : NULL);
         return;
     }
     char m[200];
     snprintf(m, sizeof(m), "no route %s %.120s", req->method, req->path);
-    api_error(ex, strncmp(req->path, "/v1/messages", 12) == 0 ? API_MESSAGES : API_CHAT, 404,
-              NULL, m);
+    api_error(ex, strncmp(req->path, "/v1/messages", 12) == 0 ? API_MESSAGES : API_CHAT, 404, NULL,
+              m);
 }

@@ -44,8 +44,8 @@ typedef struct api_req {
     router_t *rt;
     ds4_http_exchange_h ex; /* NULL once the exchange has ended */
     api_kind_t kind;
-    request_t *r;           /* the running request; NULL before submit and after finish */
-    json_t *body;           /* the parsed body: the strings of greq point into it */
+    request_t *r; /* the running request; NULL before submit and after finish */
+    json_t *body; /* the parsed body: the strings of greq point into it */
     uint64_t t0_ns;
     /* the GenerateRequest built from the body */
     Ds4__V1__GenerateRequest greq;
@@ -80,8 +80,8 @@ typedef struct api_req {
     uint32_t prompt_tokens, completion_tokens, reasoning_tokens;
     /* Anthropic streaming: the open content block (0 none, 1 thinking, 2 text) and its index */
     int block, block_index;
-    api_buf_t all_ids;   /* every token id (uint32_t), kept to name a matched stop sequence */
-    size_t emitted;      /* bytes of text sent to the client (reasoning + content) */
+    api_buf_t all_ids; /* every token id (uint32_t), kept to name a matched stop sequence */
+    size_t emitted;    /* bytes of text sent to the client (reasoning + content) */
 } api_req_t;
 
 /* HTTP entry point (ds4_daemon_hooks_t.http). */

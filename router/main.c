@@ -286,7 +286,8 @@ int main(int argc, char **argv)
     };
     const ds4_opt_t opts[] = {
         {"grpc-listen", DS4_OPT_STR, &rt.opt.grpc_listen, "gRPC address (public API + workers)"},
-        {"http-listen", DS4_OPT_STR, &rt.opt.http_listen, "HTTP address (OpenAI/Anthropic API, /health /ready /metrics)"},
+        {"http-listen", DS4_OPT_STR, &rt.opt.http_listen,
+         "HTTP address (OpenAI/Anthropic API, /health /ready /metrics)"},
         {"ports-file", DS4_OPT_STR, &rt.opt.ports_file, "write the bound ports here (JSON)"},
         {"model", DS4_OPT_STR, &rt.opt.model, "model name served"},
         {"tokenizer", DS4_OPT_STR, &rt.opt.tokenizer, "tokenizer.json (default: embedded)"},

@@ -24,11 +24,10 @@ json_t *openai_tool_message(const char *completion, size_t len, int mode, const 
         const json_t *fn = json_object_get(c, "function");
         char id[96];
         snprintf(id, sizeof(id), "call_%s_%zu", id_prefix, i);
-        json_array_append_new(
-            out_calls,
-            json_pack("{s:i, s:s, s:s, s:{s:O, s:O}}", "index", (int)i, "id", id, "type",
-                      "function", "function", "name", json_object_get(fn, "name"), "arguments",
-                      json_object_get(fn, "arguments")));
+        json_array_append_new(out_calls, json_pack("{s:i, s:s, s:s, s:{s:O, s:O}}", "index", (int)i,
+                                                   "id", id, "type", "function", "function", "name",
+                                                   json_object_get(fn, "name"), "arguments",
+                                                   json_object_get(fn, "arguments")));
     }
     json_t *content = json_object_get(msg, "content");
     json_t *reasoning = json_object_get(msg, "reasoning_content");

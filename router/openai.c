@@ -88,8 +88,8 @@ static void parse_messages(api_req_t *a, const json_t *body, ds4_diag_t *d)
         bool tool = json_is_string(role) && strcmp(json_string_value(role), "tool") == 0;
         if (json_is_array(content) && !tool) {
             char pc[96];
-            json_t *joined = join_text_parts(content, ds4_json_path(pc, sizeof(pc), p, "content"),
-                                             d);
+            json_t *joined =
+                join_text_parts(content, ds4_json_path(pc, sizeof(pc), p, "content"), d);
             if (joined != NULL)
                 json_object_set_new(c, "content", joined);
         } else if (json_is_null(content) && !tool) {
@@ -220,8 +220,7 @@ void openai_parse(api_req_t *a, const json_t *body, ds4_diag_t *d)
             a->want_logprobs = true;
             a->top_logprobs = (uint32_t)i64;
         }
-        if (present(body, "echo") != NULL && ds4_json_get_bool(body, "", "echo", false, &b, d) &&
-            b)
+        if (present(body, "echo") != NULL && ds4_json_get_bool(body, "", "echo", false, &b, d) && b)
             ds4_diag_addf(d, "echo", "echo is not supported");
         const json_t *suffix = present(body, "suffix");
         if (suffix != NULL && !(json_is_string(suffix) && json_string_length(suffix) == 0))
@@ -265,9 +264,9 @@ static json_t *chat_lp(api_req_t *a, const Ds4__V1__TokenLogprob *lp)
                                              bytes_of(tt != NULL ? tt : "")));
         ds4_free(tt);
     }
-    json_t *e = json_pack("{s:s, s:f, s:o, s:o}", "token", t != NULL ? t : "", "logprob",
-                          (double)lp->logprob, "bytes", bytes_of(t != NULL ? t : ""),
-                          "top_logprobs", top);
+    json_t *e =
+        json_pack("{s:s, s:f, s:o, s:o}", "token", t != NULL ? t : "", "logprob",
+                  (double)lp->logprob, "bytes", bytes_of(t != NULL ? t : ""), "top_logprobs", top);
     ds4_free(t);
     return e;
 }
@@ -433,20 +432,20 @@ void openai_on_done(api_req_t *a)
             }
             json_t *chunk = chunk_head(a);
             json_object_set_new(chunk, "choices",
-                                json_pack("[{s:i, s:o, s:n, s:n}]", "index", 0, "delta",
-                                          deltas[i], "logprobs", "finish_reason"));
+                                json_pack("[{s:i, s:o, s:n, s:n}]", "index", 0, "delta", deltas[i],
+                                          "logprobs", "finish_reason"));
             api_sse(a, NULL, chunk);
         }
     }
     if (a->stream) {
         json_t *chunk = chunk_head(a);
-        json_t *choice = json_pack("{s:i, s:s, s:n}", "index", 0, "finish_reason", finish,
-                                   "logprobs");
+        json_t *choice =
+            json_pack("{s:i, s:s, s:n}", "index", 0, "finish_reason", finish, "logprobs");
         if (a->kind == API_CHAT)
             json_object_set_new(choice, "delta",
-                                a->sent_role ? json_object()
-                                             : json_pack("{s:s, s:s}", "role", "assistant",
-                                                         "content", ""));
+                                a->sent_role
+                                    ? json_object()
+                                    : json_pack("{s:s, s:s}", "role", "assistant", "content", ""));
         else
             json_object_set_new(choice, "text", json_string(""));
         json_object_set_new(chunk, "choices", json_pack("[o]", choice));
@@ -465,33 +464,31 @@ void openai_on_done(api_req_t *a)
     }
     json_t *choice = json_pack("{s:i, s:s}", "index", 0, "finish_reason", finish);
     if (a->kind == API_CHAT) {
-        json_t *msg = json_pack("{s:s, s:o}", "role", "assistant", "content",
-                                json_stringn(a->content.p != NULL ? a->content.p : "",
-                                             a->content.len));
+        json_t *msg =
+            json_pack("{s:s, s:o}", "role", "assistant", "content",
+                      json_stringn(a->content.p != NULL ? a->content.p : "", a->content.len));
         if (a->chat_mode == DS4_CHAT_MODE_THINKING)
-            json_object_set_new(msg, "reasoning_content",
-                                json_stringn(a->reasoning.p != NULL ? a->reasoning.p : "",
-                                             a->reasoning.len));
+            json_object_set_new(
+                msg, "reasoning_content",
+                json_stringn(a->reasoning.p != NULL ? a->reasoning.p : "", a->reasoning.len));
         if (tm != NULL) { /* the parsed text replaces the plain one */
             json_object_set(msg, "content", json_object_get(tm, "content"));
             if (a->chat_mode == DS4_CHAT_MODE_THINKING)
                 json_object_set(msg, "reasoning_content", json_object_get(tm, "reasoning_content"));
             size_t i;
             json_t *c;
-            json_array_foreach(json_object_get(tm, "tool_calls"), i, c)
-                json_object_del(c, "index");
+            json_array_foreach(json_object_get(tm, "tool_calls"), i, c) json_object_del(c, "index");
             json_object_set(msg, "tool_calls", json_object_get(tm, "tool_calls"));
         }
         json_object_set_new(choice, "message", msg);
-        json_object_set_new(choice, "logprobs",
-                            a->want_logprobs
-                                ? json_pack("{s:o}", "content",
-                                            a->lp != NULL ? json_incref(a->lp) : json_array())
-                                : json_null());
+        json_object_set_new(
+            choice, "logprobs",
+            a->want_logprobs
+                ? json_pack("{s:o}", "content", a->lp != NULL ? json_incref(a->lp) : json_array())
+                : json_null());
     } else {
         json_object_set_new(choice, "text",
-                            json_stringn(a->content.p != NULL ? a->content.p : "",
-                                         a->content.len));
+                            json_stringn(a->content.p != NULL ? a->content.p : "", a->content.len));
         json_object_set_new(choice, "logprobs",
                             a->want_logprobs ? json_incref(a->lp != NULL ? a->lp : json_null())
                                              : json_null());
@@ -499,9 +496,9 @@ void openai_on_done(api_req_t *a)
     if (a->token_ids != NULL)
         json_object_set(choice, "token_ids", a->token_ids);
     json_t *obj = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:o}", "id", a->id, "object",
-                            a->kind == API_CHAT ? "chat.completion" : "text_completion",
-                            "created", (json_int_t)a->created, "model", a->rt->opt.model,
-                            "choices", choice, "usage", usage_object(a));
+                            a->kind == API_CHAT ? "chat.completion" : "text_completion", "created",
+                            (json_int_t)a->created, "model", a->rt->opt.model, "choices", choice,
+                            "usage", usage_object(a));
     json_decref(tm);
     api_respond_json(a, 200, obj);
 }

@@ -192,7 +192,7 @@ static void sse_parse(const char *body, sse_t *s)
                 snprintf(s->names[s->n], sizeof(s->names[0]), "%s", line + 7);
             else if (strncmp(line, "data: ", 6) == 0)
                 s->data[s->n] = strcmp(line + 6, "[DONE]") == 0 ? json_string("[DONE]")
-                                                                 : json_loads(line + 6, 0, NULL);
+                                                                : json_loads(line + 6, 0, NULL);
             line = nl != NULL ? nl + 1 : NULL;
         }
         free(ev);
@@ -317,8 +317,7 @@ static bool grpc_generate_ids(const int32_t *ids, size_t n, uint32_t max_tokens,
     g.return_text = 1;
     sp.max_tokens = max_tokens;
     g.sampling = &sp;
-    bool ok =
-        rpc("/ds4.v1.Ds4/Generate", &g.base, &ds4__v1__generate_response__descriptor, s);
+    bool ok = rpc("/ds4.v1.Ds4/Generate", &g.base, &ds4__v1__generate_response__descriptor, s);
     free(u);
     return ok;
 }
@@ -447,8 +446,14 @@ static void test_completions_ids(void)
     free(want_text);
 
     /* seeded sampling: the same tokens as the engine with the same sampler and seed */
-    gen_t g2 = {.ids = prompt, .n_ids = N, .max_tokens = MAX, .temperature = 0.8f,
-                .top_p = 0.9f, .top_k = 40, .seed = 4242, .seeded = true};
+    gen_t g2 = {.ids = prompt,
+                .n_ids = N,
+                .max_tokens = MAX,
+                .temperature = 0.8f,
+                .top_p = 0.9f,
+                .top_k = 40,
+                .seed = 4242,
+                .seeded = true};
     DS4_CHECK(pdh_ref_generate(&g2, want, &n_want));
     o = post("/v1/completions",
              json_pack("{s:o, s:i, s:f, s:f, s:i, s:i, s:b}", "prompt", ids_json(prompt, N),
@@ -478,8 +483,8 @@ static void check_chat(bool thinking, uint32_t max_tokens)
     Ds4__V1__TokenizeRequest tr = DS4__V1__TOKENIZE_REQUEST__INIT;
     tr.input_case = DS4__V1__TOKENIZE_REQUEST__INPUT_CHAT;
     tr.chat = &chat;
-    tr.reasoning = thinking ? DS4__V1__REASONING_MODE__REASONING_ON
-                            : DS4__V1__REASONING_MODE__REASONING_OFF;
+    tr.reasoning =
+        thinking ? DS4__V1__REASONING_MODE__REASONING_ON : DS4__V1__REASONING_MODE__REASONING_OFF;
     static rpc_state_t ts;
     DS4_CHECK(rpc("/ds4.v1.Ds4/Tokenize", &tr.base, &ds4__v1__tokenize_response__descriptor, &ts));
     gen_t g = {.ids = ts.ids, .n_ids = ts.n_ids, .max_tokens = max_tokens};
@@ -496,9 +501,9 @@ static void check_chat(bool thinking, uint32_t max_tokens)
     char *want_reasoning = decode_text(want, split);
     char *want_content = decode_text(want + split, n_want - split);
 
-    json_t *messages = json_pack("[{s:s, s:s}, {s:s, s:[{s:s, s:s}]}]", "role", "system",
-                                 "content", "You are terse.", "role", "user", "content", "type",
-                                 "text", "text", "Explain KV caches.");
+    json_t *messages = json_pack("[{s:s, s:s}, {s:s, s:[{s:s, s:s}]}]", "role", "system", "content",
+                                 "You are terse.", "role", "user", "content", "type", "text",
+                                 "text", "Explain KV caches.");
     http_resp_t r;
     json_t *req = json_pack("{s:o, s:i, s:f, s:b, s:s}", "messages", messages,
                             "max_completion_tokens", max_tokens, "temperature", 0.0,
@@ -536,15 +541,14 @@ static void check_chat(bool thinking, uint32_t max_tokens)
     DS4_CHECKF(content != NULL && strcmp(content, want_content) == 0, "\"%s\" vs \"%s\"", content,
                want_content);
     if (thinking)
-        DS4_CHECKF(reasoning != NULL && strcmp(reasoning, want_reasoning) == 0,
-                   "\"%s\" vs \"%s\"", reasoning, want_reasoning);
+        DS4_CHECKF(reasoning != NULL && strcmp(reasoning, want_reasoning) == 0, "\"%s\" vs \"%s\"",
+                   reasoning, want_reasoning);
     else
         DS4_CHECK(reasoning == NULL);
     DS4_CHECK_EQ_INT(json_integer_value(jpath(o, "$.usage.prompt_tokens")), ts.n_ids);
     DS4_CHECK_EQ_INT(json_integer_value(jpath(o, "$.usage.completion_tokens")), n_want);
     DS4_CHECK_EQ_INT(
-        json_integer_value(jpath(o, "$.usage.completion_tokens_details.reasoning_tokens")),
-        split);
+        json_integer_value(jpath(o, "$.usage.completion_tokens_details.reasoning_tokens")), split);
     json_decref(o);
     free(r.body);
 
@@ -596,8 +600,8 @@ static void test_chat(void)
 static void test_stop(void)
 {
     http_resp_t r;
-    json_t *req = json_pack("{s:s, s:i, s:f, s:b}", "prompt", "Once upon a time", "max_tokens",
-                            16, "temperature", 0.0, "ignore_eos", 1);
+    json_t *req = json_pack("{s:s, s:i, s:f, s:b}", "prompt", "Once upon a time", "max_tokens", 16,
+                            "temperature", 0.0, "ignore_eos", 1);
     json_t *o = post("/v1/completions", json_deep_copy(req), &r);
     const char *full = jstr(o, "$.choices[0].text");
     DS4_CHECKF(r.status == 200 && full != NULL && strlen(full) > 8, "%d %s", r.status, r.body);
@@ -709,8 +713,7 @@ static void test_invalid(void)
     expect_error(cc, "{}", 400, "messages");
     expect_error(cc, "{\"messages\":[{\"role\":\"pirate\",\"content\":\"arr\"}]}", 400,
                  "messages[0].role");
-    expect_error(cc,
-                 "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}",
+    expect_error(cc, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}",
                  400, "messages[0].content[0]");
     expect_error(cc, "{" MSGS ",\"model\":\"gpt-4o\"}", 404, "model");
     expect_error(cc, "{" MSGS ",\"temperature\":0.5", 400, " JSON");
@@ -728,8 +731,7 @@ static void test_invalid(void)
     expect_error(am, "{" MSGS ",\"max_tokens\":4,\"temperature\":1.5}", 400, "temperature");
     expect_error(am, "{\"messages\":[{\"role\":\"system\",\"content\":\"x\"}],\"max_tokens\":4}",
                  400, "messages[0].role");
-    expect_error(am, "{" MSGS ",\"max_tokens\":4,\"stop_sequences\":\"x\"}", 400,
-                 "stop_sequences");
+    expect_error(am, "{" MSGS ",\"max_tokens\":4,\"stop_sequences\":\"x\"}", 400, "stop_sequences");
     expect_error(am, "{" MSGS ",\"max_tokens\":4,\"model\":\"claude\"}", 404, "model");
     expect_error(am, "{\"max_tokens\":4,", 400, " JSON");
     /* routes and methods */
@@ -822,8 +824,8 @@ static void test_disconnect(void)
     DS4_CHECK(seen >= 3);
     DS4_CHECK(all_released(8000));
     int32_t *p = make_prompt(2500, 8);
-    json_t *req = json_pack("{s:o, s:i, s:b, s:b}", "prompt", ids_json(p, 2500), "max_tokens",
-                            3000, "ignore_eos", 1, "stream", 1);
+    json_t *req = json_pack("{s:o, s:i, s:b, s:b}", "prompt", ids_json(p, 2500), "max_tokens", 3000,
+                            "ignore_eos", 1, "stream", 1);
     char *body = json_dumps(req, JSON_COMPACT);
     json_decref(req);
     int fd = connect_to(router.http_port);
@@ -840,8 +842,8 @@ static void test_deadline(void)
     http_resp_t r;
     json_t *o = post("/v1/chat/completions",
                      json_pack("{s:[{s:s, s:s}], s:i, s:b, s:i}", "messages", "role", "user",
-                               "content", "Count to a million.", "max_tokens", 3000,
-                               "ignore_eos", 1, "deadline_ms", 300),
+                               "content", "Count to a million.", "max_tokens", 3000, "ignore_eos",
+                               1, "deadline_ms", 300),
                      &r);
     DS4_CHECKF(r.status == 504, "%d %s", r.status, r.body);
     DS4_CHECK_STR_CONTAINS(jstr(o, "$.error.message"), "deadline");
@@ -853,11 +855,11 @@ static void test_deadline(void)
 static void test_anthropic(void)
 {
     http_resp_t r;
-    json_t *req = json_pack("{s:s, s:s, s:[{s:s, s:[{s:s, s:s}]}], s:i, s:f, s:{s:s, s:i}}",
-                            "model", "ds4-tiny", "system", "Be brief.", "messages", "role",
-                            "user", "content", "type", "text", "text", "Name a colour.",
-                            "max_tokens", 8, "temperature", 0.0, "thinking", "type", "enabled",
-                            "budget_tokens", 1024);
+    json_t *req =
+        json_pack("{s:s, s:s, s:[{s:s, s:[{s:s, s:s}]}], s:i, s:f, s:{s:s, s:i}}", "model",
+                  "ds4-tiny", "system", "Be brief.", "messages", "role", "user", "content", "type",
+                  "text", "text", "Name a colour.", "max_tokens", 8, "temperature", 0.0, "thinking",
+                  "type", "enabled", "budget_tokens", 1024);
     json_t *o = post("/v1/messages", json_deep_copy(req), &r);
     DS4_CHECKF(r.status == 200 && o != NULL, "%d %s", r.status, r.body);
     DS4_CHECK_STR_CONTAINS(jstr(o, "type"), "message");
@@ -959,8 +961,8 @@ static void test_tool_parse(void)
         int mode = mode_s != NULL && strcmp(mode_s, "thinking") == 0 ? 1 : 0;
         json_t *comp = json_object_get(row, "completion");
         json_t *want = json_object_get(json_object_get(row, "parsed"), "tool_calls");
-        json_t *got = openai_tool_message(json_string_value(comp), json_string_length(comp), mode,
-                                          "t");
+        json_t *got =
+            openai_tool_message(json_string_value(comp), json_string_length(comp), mode, "t");
         if (json_array_size(want) == 0) {
             DS4_CHECK(got == NULL);
             without++;
@@ -974,11 +976,10 @@ static void test_tool_parse(void)
                 DS4_CHECK_STR_CONTAINS(jstr(g, "type"), "function");
                 DS4_CHECK(jstr(g, "id") != NULL);
                 DS4_CHECK(json_equal(jpath(g, "function.name"), jpath(w, "function.name")));
-                DS4_CHECK(json_equal(jpath(g, "function.arguments"),
-                                     jpath(w, "function.arguments")));
+                DS4_CHECK(
+                    json_equal(jpath(g, "function.arguments"), jpath(w, "function.arguments")));
             }
-            DS4_CHECK(json_equal(json_object_get(got, "content"),
-                                 jpath(row, "parsed.content")));
+            DS4_CHECK(json_equal(json_object_get(got, "content"), jpath(row, "parsed.content")));
             DS4_CHECK(json_equal(json_object_get(got, "reasoning_content"),
                                  jpath(row, "parsed.reasoning_content")));
         }
@@ -1001,10 +1002,10 @@ static void test_chat_tools(void)
     json_t *plain = post("/v1/chat/completions", json_deep_copy(base), &r);
     free(r.body);
     json_object_set_new(base, "tools",
-                        json_pack("[{s:s, s:{s:s, s:s, s:{s:s, s:{s:{s:s}}}}}]", "type",
-                                  "function", "function", "name", "get_weather", "description",
-                                  "Weather of a city", "parameters", "type", "object",
-                                  "properties", "city", "type", "string"));
+                        json_pack("[{s:s, s:{s:s, s:s, s:{s:s, s:{s:{s:s}}}}}]", "type", "function",
+                                  "function", "name", "get_weather", "description",
+                                  "Weather of a city", "parameters", "type", "object", "properties",
+                                  "city", "type", "string"));
     json_t *o = post("/v1/chat/completions", json_deep_copy(base), &r);
     DS4_CHECKF(r.status == 200, "%d %s", r.status, r.body);
     free(r.body);
@@ -1045,16 +1046,28 @@ int main(void)
         return 1;
     think_end_id = ds4_tokenizer_token_id(tok, "</think>");
     char router_addr[64];
-    const char *rargs[] = {"--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-                           "--liveness-timeout-ms", "3000", NULL};
+    const char *rargs[] = {
+        "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--liveness-timeout-ms",
+        "3000",          NULL};
     bool ok = pdh_start(&router, "router", "router/ds4-router", rargs);
     snprintf(router_addr, sizeof(router_addr), "127.0.0.1:%d", router.grpc_port);
-    const char *pargs[] = {"--model", model, "--router", router_addr, "--threads", "1",
+    const char *pargs[] = {"--model",        model, "--router", router_addr, "--threads", "1",
                            "--chunk-tokens", "512", NULL};
-    const char *dargs[] = {"--model",       model,  "--router",        router_addr,
-                           "--threads",     "1",    "--chunk-tokens",  "512",
-                           "--kv-tokens",   "8300", "--max-sequences", "4",
-                           "--drain-timeout-ms", "2000", NULL};
+    const char *dargs[] = {"--model",
+                           model,
+                           "--router",
+                           router_addr,
+                           "--threads",
+                           "1",
+                           "--chunk-tokens",
+                           "512",
+                           "--kv-tokens",
+                           "8300",
+                           "--max-sequences",
+                           "4",
+                           "--drain-timeout-ms",
+                           "2000",
+                           NULL};
     ok = ok && pdh_start(&prefill0, "prefill-0", "prefill/ds4-prefill", pargs) &&
          pdh_start(&decode0, "decode-0", "decode/ds4-decode", dargs) &&
          pdh_wait_ready(router.http_port, 60000);
