@@ -440,9 +440,23 @@ static void api_free(api_req_t *a)
     ds4_free(a);
 }
 
+/* A stream whose client stopped reading is cancelled once this much waits in the socket queue:
+ * the router's memory stays bounded and the workers' KV is released. */
+#define API_MAX_PENDING_BYTES ((size_t)16 << 20)
+
 static void sink_send(void *arg, const Ds4__V1__GenerateResponse *resp)
 {
     api_req_t *a = arg;
+    if (a->stream_begun && a->ex != NULL && a->r != NULL &&
+        ds4_http_exchange_pending_bytes(a->ex) > API_MAX_PENDING_BYTES) {
+        char why[128];
+        snprintf(why, sizeof(why), "the HTTP client is not reading (%zu bytes queued)",
+                 ds4_http_exchange_pending_bytes(a->ex));
+        /* generate.c checks that the request is still open after each send: ending it from
+         * here is safe; the finish frees `a` */
+        router_request_cancel(a->r, why);
+        return;
+    }
     if (resp->usage != NULL) {
         a->prompt_tokens = resp->usage->prompt_tokens;
         a->completion_tokens = resp->usage->completion_tokens;
