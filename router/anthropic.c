@@ -11,12 +11,6 @@
 
 enum { BLOCK_NONE = 0, BLOCK_THINKING = 1, BLOCK_TEXT = 2 };
 
-static const json_t *present(const json_t *obj, const char *key)
-{
-    const json_t *v = json_object_get(obj, key);
-    return v != NULL && !json_is_null(v) ? v : NULL;
-}
-
 /* A string, or text blocks joined with "\n"; thinking blocks go to *thinking when allowed. */
 static json_t *blocks_text(const json_t *content, const char *path, bool allow_thinking,
                            api_buf_t *thinking, ds4_diag_t *d)
@@ -72,10 +66,10 @@ void anthropic_parse(api_req_t *a, const json_t *body, ds4_diag_t *d)
 {
     bool b;
     a->chat_mode = DS4_CHAT_MODE_CHAT; /* Anthropic: thinking only when asked for */
-    if (present(body, "stream") != NULL && ds4_json_get_bool(body, "", "stream", false, &b, d))
+    if (api_present(body, "stream") != NULL && ds4_json_get_bool(body, "", "stream", false, &b, d))
         a->stream = b;
     api_parse_sampling(a, body, true, d);
-    const json_t *th = present(body, "thinking");
+    const json_t *th = api_present(body, "thinking");
     if (th != NULL) {
         const json_t *type = json_is_object(th) ? json_object_get(th, "type") : NULL;
         const char *t = json_is_string(type) ? json_string_value(type) : "";
@@ -84,7 +78,7 @@ void anthropic_parse(api_req_t *a, const json_t *body, ds4_diag_t *d)
         else if (strcmp(t, "disabled") != 0)
             ds4_diag_addf(d, "thinking", "expected {\"type\": \"enabled\" | \"disabled\"}");
     }
-    const json_t *tools = present(body, "tools");
+    const json_t *tools = api_present(body, "tools");
     if (tools != NULL && !(json_is_array(tools) && json_array_size(tools) == 0))
         ds4_diag_addf(d, "tools",
                       "tools are not supported on /v1/messages (use "
@@ -95,13 +89,13 @@ void anthropic_parse(api_req_t *a, const json_t *body, ds4_diag_t *d)
         return;
     }
     a->chat_messages = out;
-    const json_t *sys = present(body, "system");
+    const json_t *sys = api_present(body, "system");
     if (sys != NULL) {
         json_t *text = blocks_text(sys, "system", false, NULL, d);
         if (text != NULL)
             json_array_append_new(out, json_pack("{s:s, s:o}", "role", "system", "content", text));
     }
-    const json_t *msgs = present(body, "messages");
+    const json_t *msgs = api_present(body, "messages");
     if (msgs == NULL) {
         ds4_diag_addf(d, "messages", "required");
         return;

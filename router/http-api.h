@@ -1,7 +1,7 @@
 /*
  * router/http-api.h - the router's OpenAI- and Anthropic-compatible HTTP API, shared by
- * http-api.c (routing, errors, the request's output sink, SSE), openai.c (/v1/chat/completions,
- * /v1/completions) and anthropic.c (/v1/messages).
+ * http-api.c (routing, errors, the request's output sink, SSE), http-api-fields.c (fields the
+ * APIs share), openai.c (/v1/chat/completions, /v1/completions) and anthropic.c (/v1/messages).
  *
  * A request body is parsed with jansson, every problem is collected with the name of its field
  * (ds4_diag_t), and the request becomes a ds4.v1.GenerateRequest that runs through the same
@@ -87,7 +87,7 @@ typedef struct api_req {
 /* HTTP entry point (ds4_daemon_hooks_t.http). */
 void router_http_api(ds4_http_exchange_h ex, const ds4_http_request_t *req, void *arg);
 
-/* ---- http-api.c: helpers for the endpoint files ---- */
+/* ---- http-api.c and http-api-fields.c: helpers for the endpoint files ---- */
 
 /* HTTP status of a gRPC code (INVALID_ARGUMENT 400, NOT_FOUND 404, RESOURCE_EXHAUSTED 429,
  * UNAVAILABLE 503, DEADLINE_EXCEEDED 504, ...). */
@@ -114,6 +114,8 @@ void api_parse_sampling(api_req_t *a, const json_t *body, bool anthropic, ds4_di
 void api_parse_reasoning(api_req_t *a, const json_t *body, ds4_diag_t *d);
 /* Renders a->chat_messages with the V4 chat encoding and tokenizes them into a->prompt_ids. */
 bool api_encode_chat(api_req_t *a, ds4_diag_t *d);
+/* obj[key] unless absent or null (clients send null for "not set"). */
+const json_t *api_present(const json_t *obj, const char *key);
 /* Text of one token id (special tokens included), new string (ds4_free) or NULL. */
 char *api_token_text(router_t *rt, uint32_t id);
 

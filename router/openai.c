@@ -9,12 +9,6 @@
 #include "http-api.h"
 #include "openai-tools.h"
 
-static const json_t *present(const json_t *obj, const char *key)
-{
-    const json_t *v = json_object_get(obj, key);
-    return v != NULL && !json_is_null(v) ? v : NULL;
-}
-
 /* Content parts [{type: "text", text}] → one string ("\n" between parts, as vLLM joins them). */
 static json_t *join_text_parts(const json_t *parts, const char *path, ds4_diag_t *d)
 {
@@ -58,7 +52,7 @@ static json_t *join_text_parts(const json_t *parts, const char *path, ds4_diag_t
  * response_format) attached to the first system message (one is added when there is none). */
 static void parse_messages(api_req_t *a, const json_t *body, ds4_diag_t *d)
 {
-    const json_t *msgs = present(body, "messages");
+    const json_t *msgs = api_present(body, "messages");
     if (msgs == NULL) {
         ds4_diag_addf(d, "messages", "required");
         return;
@@ -99,9 +93,9 @@ static void parse_messages(api_req_t *a, const json_t *body, ds4_diag_t *d)
     }
     a->chat_messages = out;
     /* tools */
-    const json_t *tools = present(body, "tools");
-    const json_t *tc = present(body, "tool_choice");
-    const json_t *rf = present(body, "response_format");
+    const json_t *tools = api_present(body, "tools");
+    const json_t *tc = api_present(body, "tool_choice");
+    const json_t *rf = api_present(body, "response_format");
     if (tools != NULL && !json_is_array(tools))
         ds4_diag_addf(d, "tools", "expected an array, got %s", ds4_json_type_name(tools));
     if (tc != NULL && !(json_is_string(tc) && (strcmp(json_string_value(tc), "auto") == 0 ||
@@ -142,7 +136,7 @@ static void parse_messages(api_req_t *a, const json_t *body, ds4_diag_t *d)
 /* prompt: a string, or an array of token ids (a one-element array of either also works). */
 static void parse_prompt(api_req_t *a, const json_t *body, ds4_diag_t *d)
 {
-    const json_t *p = present(body, "prompt");
+    const json_t *p = api_present(body, "prompt");
     if (p == NULL) {
         ds4_diag_addf(d, "prompt", "required");
         return;
@@ -199,15 +193,15 @@ void openai_parse(api_req_t *a, const json_t *body, ds4_diag_t *d)
     bool chat = a->kind == API_CHAT;
     int64_t i64;
     bool b;
-    if (present(body, "stream") != NULL && ds4_json_get_bool(body, "", "stream", false, &b, d))
+    if (api_present(body, "stream") != NULL && ds4_json_get_bool(body, "", "stream", false, &b, d))
         a->stream = b;
     api_parse_sampling(a, body, false, d);
     uint32_t max_top = rt->opt.max_logprobs > 0 ? rt->opt.max_logprobs - 1 : 0;
     if (chat) {
-        if (present(body, "logprobs") != NULL &&
+        if (api_present(body, "logprobs") != NULL &&
             ds4_json_get_bool(body, "", "logprobs", false, &b, d))
             a->want_logprobs = b;
-        if (present(body, "top_logprobs") != NULL &&
+        if (api_present(body, "top_logprobs") != NULL &&
             ds4_json_get_i64(body, "", "top_logprobs", false, 0, max_top, &i64, d))
             a->top_logprobs = (uint32_t)i64;
         api_parse_reasoning(a, body, d);
@@ -215,17 +209,18 @@ void openai_parse(api_req_t *a, const json_t *body, ds4_diag_t *d)
         if (d->count == 0)
             api_encode_chat(a, d);
     } else {
-        if (present(body, "logprobs") != NULL &&
+        if (api_present(body, "logprobs") != NULL &&
             ds4_json_get_i64(body, "", "logprobs", false, 0, max_top, &i64, d)) {
             a->want_logprobs = true;
             a->top_logprobs = (uint32_t)i64;
         }
-        if (present(body, "echo") != NULL && ds4_json_get_bool(body, "", "echo", false, &b, d) && b)
+        if (api_present(body, "echo") != NULL &&
+            ds4_json_get_bool(body, "", "echo", false, &b, d) && b)
             ds4_diag_addf(d, "echo", "echo is not supported");
-        const json_t *suffix = present(body, "suffix");
+        const json_t *suffix = api_present(body, "suffix");
         if (suffix != NULL && !(json_is_string(suffix) && json_string_length(suffix) == 0))
             ds4_diag_addf(d, "suffix", "suffix is not supported");
-        if (present(body, "best_of") != NULL &&
+        if (api_present(body, "best_of") != NULL &&
             ds4_json_get_i64(body, "", "best_of", false, INT64_MIN, INT64_MAX, &i64, d) && i64 != 1)
             ds4_diag_addf(d, "best_of", "only best_of = 1 is supported");
         parse_prompt(a, body, d);
