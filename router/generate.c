@@ -113,6 +113,8 @@ static const char *code_kind(ds4_rpc_code_t code)
         return "cancelled";
     case DS4_RPC_INVALID_ARGUMENT:
         return "invalid_argument";
+    case DS4_RPC_NOT_FOUND:
+        return "not_found";
     case DS4_RPC_DEADLINE_EXCEEDED:
         return "deadline_exceeded";
     case DS4_RPC_RESOURCE_EXHAUSTED:
