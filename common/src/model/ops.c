@@ -6,6 +6,7 @@
 #include "ds4/log.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 void ds4__round_bf16_arr(float *x, int64_t n)
@@ -504,14 +505,26 @@ void ds4__kv_row_encode(const ds4_model_config_t *c, float *vals, uint8_t *row)
     }
 }
 
+/* ds4_e4m3_to_f32 of every byte (the decode of attended rows is per query for CSA: a table
+ * lookup instead of the branchy bit construction; same values) */
+static float e4m3_lut[256];
+static pthread_once_t e4m3_lut_once = PTHREAD_ONCE_INIT;
+
+static void e4m3_lut_init(void)
+{
+    for (int b = 0; b < 256; b++)
+        e4m3_lut[b] = ds4_e4m3_to_f32((uint8_t)b);
+}
+
 void ds4__kv_row_decode(const ds4_model_config_t *c, const uint8_t *row, float *vals)
 {
     int hd = c->head_dim, rd = c->rope_head_dim, nope = hd - rd;
     const uint8_t *sc = row + nope;
+    pthread_once(&e4m3_lut_once, e4m3_lut_init);
     for (int b = 0; b < nope / DS4_KV_FP8_BLOCK; b++) {
         float s = ds4_e8m0_to_f32(sc[b]);
         for (int i = b * DS4_KV_FP8_BLOCK; i < (b + 1) * DS4_KV_FP8_BLOCK; i++)
-            vals[i] = ds4_e4m3_to_f32(row[i]) * s;
+            vals[i] = e4m3_lut[row[i]] * s;
     }
     const uint8_t *rp = row + nope + nope / DS4_KV_FP8_BLOCK;
     for (int i = 0; i < rd; i++)
