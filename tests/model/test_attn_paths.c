@@ -4,9 +4,9 @@
  * bf16 probabilities, double P.V accumulators rounded to fp32 at each rescale, sink in the
  * denominator), bit for bit, on long random contexts: window runs of every length, padding,
  * HCA-like runs of several 64-key tiles with ragged tails, CSA-like scattered selections;
- * the sequential fp32 dots of the hc mixes (ops.c) likewise; then the engine itself (default
- * tiny model, 1,500 tokens, HCA ratio 128): portable vs best level and whole vs unaligned
- * chunks, logits bitwise identical. */
+ * the sequential fp32 dots of the hc mixes, bf16 rounding and hc post (ops.c) likewise; then
+ * the engine itself (default tiny model, 1,500 tokens, HCA ratio 128): portable vs best level
+ * and whole vs unaligned chunks, logits bitwise identical. */
 #include "test.h"
 
 #include "attn-sparse.h"
@@ -423,6 +423,88 @@ static void test_dots_levels(void)
            bad == 0 ? "yes" : "NO");
 }
 
+/* ---------------- bf16 rounding, hc post (ops.c; level chosen by DS4_ATTN_ISA) ---------------- */
+
+static void test_elementwise_levels(void)
+{
+    enum { N = 100003, HC = 4, D = 136, ROWS = 3 };
+    float *x = ds4_malloc_array(N, sizeof(float));
+    float *y = ds4_malloc_array(N, sizeof(float));
+    float *X0 = ds4_malloc_array(ROWS * HC * D, sizeof(float));
+    float *X = ds4_malloc_array(ROWS * HC * D, sizeof(float));
+    float *Xref = ds4_malloc_array(ROWS * HC * D, sizeof(float));
+    float f[ROWS * D], post[ROWS * HC], comb[ROWS * HC * HC];
+    DS4_CHECK(x && y && X0 && X && Xref);
+    for (int i = 0; i < N; i++) {
+        uint32_t u = rnd32();
+        if (i % 7 == 0 && (u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu) != 0)
+            u |= 0x400000u;
+        x[i] = i % 3 == 0 ? from_bits(u) : rndf() * 100.0f;
+    }
+    x[0] = NAN;
+    x[1] = INFINITY;
+    x[2] = -0.0f;
+    x[3] = from_bits(0x7f7fffffu); /* rounds up to inf */
+    x[4] = from_bits(0x3f808000u); /* tie, even: down */
+    x[5] = from_bits(0x3f818000u); /* tie, odd: up */
+    for (int i = 0; i < ROWS * HC * D; i++)
+        X0[i] = rndf() * 2.0f;
+    for (int i = 0; i < ROWS * D; i++)
+        f[i] = rndf();
+    for (int i = 0; i < ROWS * HC; i++)
+        post[i] = rndf() + 1.0f;
+    for (int i = 0; i < ROWS * HC * HC; i++)
+        comb[i] = rndf() * 0.5f + 0.25f;
+    /* references: the plain loops */
+    memcpy(Xref, X0, sizeof(float) * ROWS * HC * D);
+    for (int r = 0; r < ROWS; r++)
+        for (int i = 0; i < D; i++) {
+            float res[HC];
+            for (int j = 0; j < HC; j++)
+                res[j] = Xref[r * HC * D + j * D + i];
+            for (int k = 0; k < HC; k++) {
+                float acc = 0.0f;
+                for (int j = 0; j < HC; j++) {
+                    float prod = comb[r * HC * HC + j * HC + k] * res[j];
+                    acc = acc + prod;
+                }
+                float pf = post[r * HC + k] * f[r * D + i];
+                Xref[r * HC * D + k * D + i] = ds4_round_bf16(pf + acc);
+            }
+        }
+    ds4_model_config_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.hc_mult = HC;
+    cfg.hidden_size = D;
+    int bad = 0;
+    for (int isa = 0; isa < DS4__ATTN_ISA_COUNT; isa++) {
+        if (!ds4__attn_isa_supported((ds4__attn_isa_t)isa))
+            continue;
+        setenv("DS4_ATTN_ISA", ds4__attn_isa_name((ds4__attn_isa_t)isa), 1);
+        memcpy(y, x, sizeof(float) * N);
+        ds4__round_bf16_arr(y, N);
+        int diff = 0;
+        for (int i = 0; i < N; i++)
+            diff += bits(y[i]) != bits(ds4_round_bf16(x[i]));
+        memcpy(X, X0, sizeof(float) * ROWS * HC * D);
+        ds4__hc_post(&cfg, X, ROWS, f, post, comb);
+        int dpost = 0;
+        for (int i = 0; i < ROWS * HC * D; i++)
+            dpost += bits(X[i]) != bits(Xref[i]);
+        DS4_CHECKF(diff == 0 && dpost == 0, "%s: bf16 rounding %d of %d differ, hc post %d",
+                   ds4__attn_isa_name((ds4__attn_isa_t)isa), diff, (int)N, dpost);
+        bad += diff != 0 || dpost != 0;
+    }
+    unsetenv("DS4_ATTN_ISA");
+    printf("bf16 rounding and hc post: every level bitwise equal to the plain loops: %s\n",
+           bad == 0 ? "yes" : "NO");
+    ds4_free(x);
+    ds4_free(y);
+    ds4_free(X0);
+    ds4_free(X);
+    ds4_free(Xref);
+}
+
 /* ---------------- the engine, long context ---------------- */
 
 #define ENG_N 1500
@@ -497,6 +579,7 @@ int main(void)
     DS4_RUN(test_exp_levels);
     DS4_RUN(test_query_levels);
     DS4_RUN(test_dots_levels);
+    DS4_RUN(test_elementwise_levels);
     DS4_RUN(test_engine_levels);
     return ds4_test_finish();
 }

@@ -1,5 +1,6 @@
-/* Attention of every layer kind (window, CSA, HCA): projections and the blockwise sparse attention of the reference kernel (blocks of 64 entries,
- * online softmax, bf16 probabilities before P.V, sink in the denominator). Scores are
+/* Attention of every layer kind (window, CSA, HCA): projections, the chunk's keys decoded once,
+ * and the blockwise sparse attention of the reference kernel (attn-sparse.c: blocks of 64
+ * entries, online softmax, bf16 probabilities before P.V, sink in the denominator). Scores are
  * sequential fp32 dot products and block sums use the reference's row-reduction order
  * (ds4__sum_row_f32): measured against the golden, both are needed for bit-exact layers. */
 #include "attn-sparse.h"

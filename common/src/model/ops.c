@@ -9,8 +9,70 @@
 #include <pthread.h>
 #include <string.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#define OPS_X86 1
+#include <immintrin.h>
+
+/* ds4_round_bf16 on 16 lanes: round to nearest even on the upper 16 bits, NaN kept quiet */
+__attribute__((target("avx512f"))) static inline __m512 round_bf16_avx512(__m512 x)
+{
+    __m512i u = _mm512_castps_si512(x);
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                            _mm512_set1_epi32(0x7f800000));
+    __m512i r = _mm512_add_epi32(
+        u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                            _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    __m512i q = _mm512_or_si512(_mm512_and_si512(u, hi), _mm512_set1_epi32(0x400000));
+    return _mm512_castsi512_ps(_mm512_mask_blend_epi32(nan, _mm512_and_si512(r, hi), q));
+}
+
+__attribute__((target("avx2"))) static inline __m256 round_bf16_avx2(__m256 x)
+{
+    __m256i u = _mm256_castps_si256(x);
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    /* both sides are non-negative as int32: the signed compare is the unsigned one */
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                     _mm256_set1_epi32(0x7f800000));
+    __m256i r = _mm256_add_epi32(
+        u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
+                            _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
+    __m256i q = _mm256_or_si256(_mm256_and_si256(u, hi), _mm256_set1_epi32(0x400000));
+    return _mm256_castsi256_ps(_mm256_blendv_epi8(_mm256_and_si256(r, hi), q, nan));
+}
+
+__attribute__((target("avx512f"))) static void round_bf16_arr_avx512(float *x, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(x + i, round_bf16_avx512(_mm512_loadu_ps(x + i)));
+    for (; i < n; i++)
+        x[i] = ds4_round_bf16(x[i]);
+}
+
+__attribute__((target("avx2"))) static void round_bf16_arr_avx2(float *x, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, round_bf16_avx2(_mm256_loadu_ps(x + i)));
+    for (; i < n; i++)
+        x[i] = ds4_round_bf16(x[i]);
+}
+#endif
+
 void ds4__round_bf16_arr(float *x, int64_t n)
 {
+#ifdef OPS_X86
+    ds4__attn_isa_t isa = ds4__attn_isa_select();
+    if (isa == DS4__ATTN_ISA_AVX512) {
+        round_bf16_arr_avx512(x, n);
+        return;
+    }
+    if (isa == DS4__ATTN_ISA_AVX2) {
+        round_bf16_arr_avx2(x, n);
+        return;
+    }
+#endif
     for (int64_t i = 0; i < n; i++)
         x[i] = ds4_round_bf16(x[i]);
 }
@@ -286,9 +348,7 @@ static void dots_seq_c(const float *x, int64_t rows, int64_t n, const float *wt,
     }
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-
+#ifdef OPS_X86
 /* 32 outputs x 4 rows per pass (8 accumulators sharing each weight load) */
 __attribute__((target("avx512f"))) static void dots_seq_avx512(const float *x, int64_t rows,
                                                                int64_t n, const float *wt, int m,
@@ -387,7 +447,7 @@ void ds4__dots_seq(ds4__attn_isa_t isa, const float *x, int64_t rows, int64_t n,
     for (int j = 0; j < m; j++)
         for (int64_t i = 0; i < n; i++)
             wt[i * mp + j] = w[(int64_t)j * n + i];
-#if defined(__x86_64__) || defined(__i386__)
+#ifdef OPS_X86
     if (isa == DS4__ATTN_ISA_AVX512)
         dots_seq_avx512(x, rows, n, wt, m, mp, y);
     else if (isa == DS4__ATTN_ISA_AVX2)
@@ -439,17 +499,75 @@ void ds4__hc_pre(ds4_model_h m, const float *X, int64_t rows, const float *fn, c
     ds4_free(mixes);
 }
 
+#ifdef OPS_X86
+/* ds4__hc_post on 16 (AVX-512) / 8 (AVX2) elements i at once: lanes are independent i, each
+ * lane's operations those of the scalar loop */
+__attribute__((target("avx512f"))) static int64_t hc_post_avx512(int hc, int64_t d, float *x,
+                                                                 const float *f,
+                                                                 const float *po,
+                                                                 const float *cb)
+{
+    int64_t i = 0;
+    __m512 res[16];
+    for (; i + 16 <= d; i += 16) {
+        for (int j = 0; j < hc; j++)
+            res[j] = _mm512_loadu_ps(x + j * d + i);
+        __m512 fv = _mm512_loadu_ps(f + i);
+        for (int k = 0; k < hc; k++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int j = 0; j < hc; j++)
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(cb[j * hc + k]), res[j]));
+            __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(po[k]), fv), acc);
+            _mm512_storeu_ps(x + k * d + i, round_bf16_avx512(v));
+        }
+    }
+    return i;
+}
+
+__attribute__((target("avx2"))) static int64_t hc_post_avx2(int hc, int64_t d, float *x,
+                                                            const float *f, const float *po,
+                                                            const float *cb)
+{
+    int64_t i = 0;
+    __m256 res[16];
+    for (; i + 8 <= d; i += 8) {
+        for (int j = 0; j < hc; j++)
+            res[j] = _mm256_loadu_ps(x + j * d + i);
+        __m256 fv = _mm256_loadu_ps(f + i);
+        for (int k = 0; k < hc; k++) {
+            __m256 acc = _mm256_setzero_ps();
+            for (int j = 0; j < hc; j++)
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(cb[j * hc + k]), res[j]));
+            __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(po[k]), fv), acc);
+            _mm256_storeu_ps(x + k * d + i, round_bf16_avx2(v));
+        }
+    }
+    return i;
+}
+#endif
+
 void ds4__hc_post(const ds4_model_config_t *c, float *X, int64_t rows, const float *f,
                   const float *post, const float *comb)
 {
     int hc = c->hc_mult;
     int64_t d = c->hidden_size;
     float res[16];
+    DS4_ASSERT(hc <= 16);
+#ifdef OPS_X86
+    ds4__attn_isa_t isa = ds4__attn_isa_select();
+#endif
     for (int64_t r = 0; r < rows; r++) {
         float *x = X + r * hc * d;
         const float *po = post + r * hc;
         const float *cb = comb + r * hc * hc;
-        for (int64_t i = 0; i < d; i++) {
+        int64_t i0 = 0;
+#ifdef OPS_X86
+        if (isa == DS4__ATTN_ISA_AVX512)
+            i0 = hc_post_avx512(hc, d, x, f + r * d, po, cb);
+        else if (isa == DS4__ATTN_ISA_AVX2)
+            i0 = hc_post_avx2(hc, d, x, f + r * d, po, cb);
+#endif
+        for (int64_t i = i0; i < d; i++) {
             for (int j = 0; j < hc; j++)
                 res[j] = x[j * d + i];
             float fv = f[r * d + i];
