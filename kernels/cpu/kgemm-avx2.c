@@ -34,13 +34,6 @@ TGT_INLINE __m256 e4m3_decode(__m256i c)
 TGT_INLINE __m256 row8(const ds4_weight_t *w, int64_t row, int64_t c0, int64_t len)
 {
     int64_t k = w->k;
-    if (w->f32 != NULL) {
-        if (len >= 8)
-            return _mm256_loadu_ps(w->f32 + row * k + c0);
-        float tmp[8] = {0};
-        memcpy(tmp, w->f32 + row * k + c0, (size_t)len * sizeof(float));
-        return _mm256_loadu_ps(tmp);
-    }
     if (w->type == DS4_W_FP8) {
         const uint8_t *src = (const uint8_t *)w->data + row * k + c0;
         uint8_t tmp[16] = {0};
@@ -68,10 +61,12 @@ TGT_INLINE __m256 row8(const ds4_weight_t *w, int64_t row, int64_t c0, int64_t l
 TGT_INLINE void transpose8(const __m256 r[8], __m256 c[8])
 {
     __m256 t[8], u[8];
+#pragma GCC unroll 16
     for (int i = 0; i < 4; i++) {
         t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
         t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
     }
+#pragma GCC unroll 16
     for (int i = 0; i < 2; i++) {
         __m256d a = _mm256_castps_pd(t[4 * i]), b = _mm256_castps_pd(t[4 * i + 1]);
         __m256d e = _mm256_castps_pd(t[4 * i + 2]), f = _mm256_castps_pd(t[4 * i + 3]);
@@ -81,6 +76,7 @@ TGT_INLINE void transpose8(const __m256 r[8], __m256 c[8])
         u[4 * i + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(b, f));
     }
     /* u[4i + q], 128-bit lane L: rows 4i..4i+3 of column 4L + q */
+#pragma GCC unroll 16
     for (int q = 0; q < 4; q++) {
         c[q] = _mm256_permute2f128_ps(u[q], u[4 + q], 0x20);
         c[4 + q] = _mm256_permute2f128_ps(u[q], u[4 + q], 0x31);

@@ -36,9 +36,6 @@ TGT_INLINE __m512 e4m3_decode(__m512i c)
 TGT_INLINE __m512 row16(const ds4_weight_t *w, int64_t row, int64_t c0, int64_t len)
 {
     int64_t k = w->k;
-    __mmask16 mask = len >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << len) - 1u);
-    if (w->f32 != NULL)
-        return _mm512_maskz_loadu_ps(mask, w->f32 + row * k + c0);
     if (w->type == DS4_W_FP8) {
         const uint8_t *src = (const uint8_t *)w->data + row * k + c0;
         __m128i bytes;
@@ -68,10 +65,12 @@ TGT_INLINE __m512 row16(const ds4_weight_t *w, int64_t row, int64_t c0, int64_t 
 TGT_INLINE void transpose16(const __m512 r[16], __m512 c[16])
 {
     __m512 t[16], u[16];
+#pragma GCC unroll 16
     for (int i = 0; i < 8; i++) {
         t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
         t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
     }
+#pragma GCC unroll 16
     for (int i = 0; i < 4; i++) {
         __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
         __m512d e = _mm512_castps_pd(t[4 * i + 2]), f = _mm512_castps_pd(t[4 * i + 3]);
@@ -81,6 +80,7 @@ TGT_INLINE void transpose16(const __m512 r[16], __m512 c[16])
         u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, f));
     }
     /* u[4i + q], 128-bit lane L: rows 4i..4i+3 of column 4L + q */
+#pragma GCC unroll 16
     for (int q = 0; q < 4; q++) {
         __m512 a = _mm512_shuffle_f32x4(u[q], u[4 + q], 0x88);
         __m512 b = _mm512_shuffle_f32x4(u[q], u[4 + q], 0xdd);
@@ -132,13 +132,71 @@ TGT static void act_quant_avx512(const float *x, int64_t n, int block, float *ou
     }
 }
 
+/* Full 16 rows x 16 inputs of an FP8 weight (one scale: rows share a 128-row block, inputs a
+ * 128-input block), dequantised and transposed to dst[i * KGEMM_NR + t]. */
+TGT_INLINE void tile16_fp8(const uint8_t *src, int64_t k, __m512 s, float *dst)
+{
+    __m512 r[16], c[16];
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; t++) {
+        __m128i bytes = _mm_loadu_si128((const __m128i *)(src + t * k));
+        r[t] = e4m3_decode(_mm512_cvtepu8_epi32(bytes));
+    }
+    transpose16(r, c);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+        _mm512_store_ps(dst + i * KGEMM_NR, _mm512_mul_ps(c[i], s));
+}
+
+/* Full 16 rows x 16 inputs of an FP4 weight (rows kp bytes apart; s: the 16 rows' scales). */
+TGT_INLINE void tile16_fp4(const uint8_t *src, int64_t kp, __m512 s, float *dst)
+{
+    const __m512 table = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f,
+                                        -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f);
+    const __m512i shifts = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+    __m512 r[16], c[16];
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; t++) {
+        __m128i bytes = _mm_loadl_epi64((const __m128i *)(src + t * kp));
+        __m512i d = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(bytes, bytes));
+        __m512i idx = _mm512_and_si512(_mm512_srlv_epi32(d, shifts), _mm512_set1_epi32(15));
+        r[t] = _mm512_permutexvar_ps(idx, table);
+    }
+    transpose16(r, c);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+        _mm512_store_ps(dst + i * KGEMM_NR, _mm512_mul_ps(c[i], s));
+}
+
 TGT static void pack_w_avx512(const ds4_weight_t *w, int64_t r0, int64_t nr, int64_t k0,
                               int64_t kl, float *wp)
 {
+    int64_t k = w->k;
     int64_t n_panels = (nr + KGEMM_NR - 1) / KGEMM_NR;
     for (int64_t q = 0; q < n_panels * 2; q++) {
         float *dst = wp + (q / 2) * kl * KGEMM_NR + (q % 2) * 16;
-        for (int64_t i0 = 0; i0 < kl; i0 += 16) {
+        int64_t row0 = r0 + q * 16;
+        bool full_rows = q * 16 + 16 <= nr;
+        int64_t i0 = 0;
+        if (full_rows && w->type == DS4_W_FP8) {
+            /* k0 is block aligned and kl <= 128: one scale for the whole 16-row strip */
+            __m512 s = _mm512_set1_ps(
+                ds4_e8m0_to_f32(w->scale[(row0 / 128) * ((k + 127) / 128) + k0 / 128]));
+            const uint8_t *src = (const uint8_t *)w->data + row0 * k + k0;
+            for (; i0 + 16 <= kl; i0 += 16)
+                tile16_fp8(src + i0, k, s, dst + i0 * KGEMM_NR);
+        } else if (full_rows) {
+            const uint8_t *src = (const uint8_t *)w->data + row0 * (k / 2) + k0 / 2;
+            for (; i0 + 16 <= kl; i0 += 16) {
+                /* the 16 rows' scales of this 32-input group */
+                float sv[16];
+                for (int t = 0; t < 16; t++)
+                    sv[t] = ds4_e8m0_to_f32(w->scale[(row0 + t) * (k / 32) + (k0 + i0) / 32]);
+                tile16_fp4(src + i0 / 2, k / 2, _mm512_loadu_ps(sv), dst + i0 * KGEMM_NR);
+            }
+        }
+        /* ragged: rows past nr (zero) or a last partial 16 inputs (FP8 with k % 16 != 0) */
+        for (; i0 < kl; i0 += 16) {
             int64_t len = kl - i0 < 16 ? kl - i0 : 16;
             __m512 r[16], c[16];
             for (int t = 0; t < 16; t++) {

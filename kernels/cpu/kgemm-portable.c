@@ -27,11 +27,6 @@ static void row_values(const ds4_weight_t *w, int64_t row, int64_t k0, int64_t k
                        int64_t stride)
 {
     int64_t k = w->k;
-    if (w->f32 != NULL) {
-        for (int64_t i = 0; i < kl; i++)
-            dst[i * stride] = w->f32[row * k + k0 + i];
-        return;
-    }
     if (w->type == DS4_W_FP8) {
         const uint8_t *src = (const uint8_t *)w->data + row * k;
         const uint8_t *sc = w->scale + (row / 128) * ((k + 127) / 128);

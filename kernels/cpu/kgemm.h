@@ -56,7 +56,7 @@ typedef struct ds4__kgemm_ops {
     void (*pack_x)(const float *x, int64_t m, int64_t k, int mr, int64_t bstride, float *xp);
     /* Packs weight rows [r0, r0 + nr) (r0 a multiple of 16, nr <= KGEMM_TILE), inputs
      * [k0, k0 + kl) (k0 a multiple of KGEMM_KB, kl <= KGEMM_KC) into ceil(nr / NR) panels of
-     * kl * NR floats at wp; rows past nr are zero. Uses w->f32 when set. */
+     * kl * NR floats at wp; rows past nr are zero. Reads the codes (w->f32 is ignored). */
     void (*pack_w)(const ds4_weight_t *w, int64_t r0, int64_t nr, int64_t k0, int64_t kl,
                    float *wp);
     /* One row group (mr_used <= mr rows, packed with stride mr, kl inputs contiguous: the
