@@ -23,13 +23,40 @@ static void keys_fill(void *arg, size_t begin, size_t end, int thread_index)
     ds4__idxk_keys_fill(j->keys, j->rows, j->row_bytes, (int64_t)begin, (int64_t)end);
 }
 
+/* Index queries of chunk rows [begin, end): RoPE, Hadamard, FP4 quantisation, kernel form. */
+typedef struct qprep_job {
+    ds4_model_h m;
+    float *iq;                /* [T][nih][ihd] */
+    uint8_t *packed;          /* [T][nih][ihd/2 + ihd/32] scratch */
+    int64_t p0;
+    ds4__idxk_queries_t *qs;
+} qprep_job_t;
+
+static void qprep_rows(void *arg, size_t begin, size_t end, int thread_index)
+{
+    qprep_job_t *j = arg;
+    const ds4_model_config_t *c = &j->m->cfg;
+    int nih = c->index_n_heads, ihd = c->index_head_dim, rd = c->rope_head_dim;
+    size_t pb = (size_t)(ihd / 2 + ihd / 32);
+    for (int64_t t = (int64_t)begin; t < (int64_t)end; t++) {
+        for (int h = 0; h < nih; h++) {
+            float *q = j->iq + (t * nih + h) * ihd;
+            uint8_t *pk = j->packed + (size_t)(t * nih + h) * pb;
+            ds4__rope(q + ihd - rd, rd, j->m->rope_freq_comp, j->p0 + t, false);
+            ds4__hadamard_bf16(q, ihd);
+            ds4_act_quant_fp4(q, ihd, q, pk, pk + ihd / 2);
+            ds4__idxk_queries_set(j->qs, t, h, pk, pk + ihd / 2);
+        }
+    }
+}
+
 ds4_status_t ds4__indexer_run(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L,
                                 const float *x, const float *qr, int64_t T, int64_t p0,
                                 int32_t *sel, int32_t *n_sel)
 {
     const ds4_model_config_t *c = &m->cfg;
     ds4_layer_state_t *ls = &s->ls[L->index];
-    int nih = c->index_n_heads, ihd = c->index_head_dim, rd = c->rope_head_dim;
+    int nih = c->index_n_heads, ihd = c->index_head_dim;
     ds4_status_t st = DS4_OK;
     ds4__idxk_keys_t keys = {0};
     ds4__idxk_queries_t qs = {0};
@@ -38,7 +65,7 @@ ds4_status_t ds4__indexer_run(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L
     float *w = ds4_malloc_array((size_t)(T * nih), sizeof(float));
     float *best = ds4_malloc_array((size_t)(T * c->index_topk), sizeof(float));
     int64_t *n_vis = ds4_malloc_array((size_t)T, sizeof(int64_t));
-    uint8_t *packed = ds4_malloc((size_t)(ihd / 2 + ihd / 32));
+    uint8_t *packed = ds4_malloc_array((size_t)(T * nih), (size_t)(ihd / 2 + ihd / 32));
     if (iq == NULL || w == NULL || best == NULL || n_vis == NULL || packed == NULL) {
         st = DS4_ERR_NO_MEMORY;
         goto out;
@@ -48,15 +75,8 @@ ds4_status_t ds4__indexer_run(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L
         goto out;
     have_qs = true;
     ds4__linear_bf16(m, &L->idx_wq_b, T, qr, iq, 0);
-    for (int64_t t = 0; t < T; t++) {
-        for (int h = 0; h < nih; h++) {
-            float *q = iq + (t * nih + h) * ihd;
-            ds4__rope(q + ihd - rd, rd, m->rope_freq_comp, p0 + t, false);
-            ds4__hadamard_bf16(q, ihd);
-            ds4_act_quant_fp4(q, ihd, q, packed, packed + ihd / 2);
-            ds4__idxk_queries_set(&qs, t, h, packed, packed + ihd / 2);
-        }
-    }
+    qprep_job_t qj = {.m = m, .iq = iq, .packed = packed, .p0 = p0, .qs = &qs};
+    m->ops->parallel_for(m->be, (size_t)T, qprep_rows, &qj);
     st = ds4__compressor_run(m, s, L, true, x, T, p0);
     if (st != DS4_OK)
         goto out;
