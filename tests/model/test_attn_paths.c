@@ -234,7 +234,7 @@ static int kernel_levels(const ds4__attn_shape_t *sh, const ds4__attn_seg_t *sg,
             continue;
         ds4__attn_scores((ds4__attn_isa_t)isa, sh, sg, q, sc, ss);
         memcpy(acc, acc0, sizeof(double) * (size_t)(H * hd));
-        ds4__attn_pv((ds4__attn_isa_t)isa, sh, pb, n, n, sg->kr, acc);
+        ds4__attn_pv((ds4__attn_isa_t)isa, sh, pb, n, n, sg->kr, sg->exact, acc);
         int dsc = 0, dacc = 0;
         for (int h = 0; h < H; h++)
             for (int64_t j = 0; j < n; j++)
@@ -242,9 +242,10 @@ static int kernel_levels(const ds4__attn_shape_t *sh, const ds4__attn_seg_t *sg,
         for (int i = 0; i < H * hd; i++)
             dacc += memcmp(&acc[i], &accref[i], sizeof(double)) != 0;
         DS4_CHECKF(dsc == 0 && dacc == 0,
-                   "%s kernels, H %d hd %d run of %lld keys%s: %d scores, %d accumulators differ",
+                   "%s kernels, H %d hd %d run of %lld keys%s%s: %d scores, %d accumulators "
+                   "differ",
                    ds4__attn_isa_name((ds4__attn_isa_t)isa), H, hd, (long long)n,
-                   cs->full ? " fp32" : "", dsc, dacc);
+                   cs->full ? " fp32" : "", sg->exact ? " exact" : "", dsc, dacc);
         bad_levels += dsc != 0 || dacc != 0;
     }
     ds4_free(q);
@@ -256,6 +257,8 @@ static int kernel_levels(const ds4__attn_shape_t *sh, const ds4__attn_seg_t *sg,
     ds4_free(accref);
     return bad_levels;
 }
+
+static int n_exact_runs; /* key runs that took the exact-product kernels */
 
 static int run_case(const qcase_t *cs)
 {
@@ -302,10 +305,13 @@ static int run_case(const qcase_t *cs)
     ref_query(H, hd, q, rows, n, sink, oref);
 
     ds4__attn_seg_t segs[3] = {
-        {.n = nw, .kt = wt + w0, .ld = L, .tile_stride = 64, .kr = wr + w0 * hd},
+        {.n = nw, .kt = wt + w0, .ld = L, .tile_stride = 64, .kr = wr + w0 * hd,
+         .exact = ds4__attn_keys_exact(wr + w0 * hd, nw * hd)},
         {.n = win - nw},
-        {.n = cs->n_comp, .kt = ct, .ld = 64, .tile_stride = 64 * (int64_t)hd, .kr = cr},
+        {.n = cs->n_comp, .kt = ct, .ld = 64, .tile_stride = 64 * (int64_t)hd, .kr = cr,
+         .exact = ds4__attn_keys_exact(cr, cs->n_comp * hd)},
     };
+    n_exact_runs += segs[0].exact + segs[2].exact;
     ds4__attn_shape_t sh = {.n_heads = H, .head_dim = hd,
                             .scale = (float)(1.0 / sqrt((double)hd)), .sink = sink};
     void *scratch = ds4_aligned_alloc(64, ds4__attn_scratch_bytes(&sh, n));
@@ -371,8 +377,20 @@ static void test_query_levels(void)
         cs.full = (rnd32() & 1) != 0;
         n_bad += run_case(&cs) != 0;
     }
-    printf("one-query attention: %d cases, every level bitwise equal to the plain reference: "
-           "%s\n", n_cases, n_bad == 0 ? "yes" : "NO");
+    DS4_CHECK(n_exact_runs > 0);
+    printf("one-query attention: %d cases (%d key runs with exact products), every level "
+           "bitwise equal to the plain reference: %s\n",
+           n_cases, n_exact_runs, n_bad == 0 ? "yes" : "NO");
+}
+
+static void test_keys_exact(void)
+{
+    float ok[] = {0.0f, -0.0f, 1.0f, -3.5f, 0x1p-20f, -0x1p-20f, 0x1.fep127f, 0.15625f};
+    DS4_CHECK(ds4__attn_keys_exact(ok, 8));
+    float bad[][1] = {{0x1p-21f}, {1.0f + 0x1p-8f}, {INFINITY}, {NAN}, {0x1p-140f}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        DS4_CHECKF(!ds4__attn_keys_exact(bad[i], 1), "value %zu taken as exact", i);
+    DS4_CHECK(ds4__attn_keys_exact(ok, 0));
 }
 
 /* ---------------- sequential dots (hc mixes) ---------------- */
@@ -577,6 +595,7 @@ int main(void)
         printf("level %-6s: %s\n", ds4__attn_isa_name((ds4__attn_isa_t)isa),
                ds4__attn_isa_supported((ds4__attn_isa_t)isa) ? "runs here" : "not on this CPU");
     DS4_RUN(test_exp_levels);
+    DS4_RUN(test_keys_exact);
     DS4_RUN(test_query_levels);
     DS4_RUN(test_dots_levels);
     DS4_RUN(test_elementwise_levels);

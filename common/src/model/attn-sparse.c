@@ -26,6 +26,12 @@ typedef struct attn_kernels {
     /* for e < n in order, for each head h: acc[h][i] += (double)(pb[h * ps + e] * kr[e][i]) */
     void (*pv)(int H, int hd, const float *pb, int64_t ps, int64_t n, const float *kr,
                double *acc);
+    /* the same when every product pb * k is exact in fp32 (ds4__attn_keys_exact rows, bf16
+     * probabilities 0 or >= 2^-100): then acc + (double)(pb * k) rounds once like
+     * fma((double)pb, (double)k, acc), so k is widened once for all heads and the product and
+     * the sum are one double FMA */
+    void (*pv_exact)(int H, int hd, const float *pb, int64_t ps, int64_t n, const float *kr,
+                     double *acc);
 } attn_kernels_t;
 
 /* ---------------- portable C ---------------- */
@@ -264,6 +270,40 @@ __attribute__((target("avx512f"))) static void pv_avx512(int H, int hd, const fl
     }
 }
 
+/* exact products (see attn_kernels_t.pv_exact), hd % 64 == 0: per 64 elements, the key widened
+ * to 8 double vectors once, then one FMA per vector and head; heads in pairs */
+__attribute__((target("avx512f"))) static void pv_exact_avx512(int H, int hd, const float *pb,
+                                                               int64_t ps, int64_t n,
+                                                               const float *kr, double *acc)
+{
+    for (int i0 = 0; i0 < hd; i0 += 64) {
+        for (int h = 0; h < H; h += 2) {
+            bool two = h + 1 < H;
+            double *aa = acc + (int64_t)h * hd + i0, *ab = two ? aa + hd : aa;
+            const float *pa = pb + (int64_t)h * ps, *pbb = two ? pa + ps : pa;
+            __m512d A[8], B[8];
+            for (int k = 0; k < 8; k++) {
+                A[k] = _mm512_loadu_pd(aa + 8 * k);
+                B[k] = _mm512_loadu_pd(ab + 8 * k);
+            }
+            for (int64_t e = 0; e < n; e++) {
+                const float *k = kr + e * hd + i0;
+                __m512d va = _mm512_set1_pd((double)pa[e]), vb = _mm512_set1_pd((double)pbb[e]);
+                for (int v = 0; v < 8; v++) {
+                    __m512d kd = _mm512_cvtps_pd(_mm256_loadu_ps(k + 8 * v));
+                    A[v] = _mm512_fmadd_pd(va, kd, A[v]);
+                    B[v] = _mm512_fmadd_pd(vb, kd, B[v]);
+                }
+            }
+            for (int k = 0; k < 8; k++)
+                _mm512_storeu_pd(aa + 8 * k, A[k]);
+            if (two)
+                for (int k = 0; k < 8; k++)
+                    _mm512_storeu_pd(ab + 8 * k, B[k]);
+        }
+    }
+}
+
 /* ---- AVX2 + FMA ---- */
 
 __attribute__((target("avx2,fma"))) static inline __m256 exp_avx2(__m256 x)
@@ -400,6 +440,39 @@ __attribute__((target("avx2,fma"))) static void pv_avx2(int H, int hd, const flo
     }
 }
 
+/* exact products, hd % 16 == 0: 16 elements of two heads in 8 double registers */
+__attribute__((target("avx2,fma"))) static void pv_exact_avx2(int H, int hd, const float *pb,
+                                                             int64_t ps, int64_t n,
+                                                             const float *kr, double *acc)
+{
+    for (int i0 = 0; i0 < hd; i0 += 16) {
+        for (int h = 0; h < H; h += 2) {
+            bool two = h + 1 < H;
+            double *aa = acc + (int64_t)h * hd + i0, *ab = two ? aa + hd : aa;
+            const float *pa = pb + (int64_t)h * ps, *pbb = two ? pa + ps : pa;
+            __m256d A[4], B[4];
+            for (int k = 0; k < 4; k++) {
+                A[k] = _mm256_loadu_pd(aa + 4 * k);
+                B[k] = _mm256_loadu_pd(ab + 4 * k);
+            }
+            for (int64_t e = 0; e < n; e++) {
+                const float *k = kr + e * hd + i0;
+                __m256d va = _mm256_set1_pd((double)pa[e]), vb = _mm256_set1_pd((double)pbb[e]);
+                for (int v = 0; v < 4; v++) {
+                    __m256d kd = _mm256_cvtps_pd(_mm_loadu_ps(k + 4 * v));
+                    A[v] = _mm256_fmadd_pd(va, kd, A[v]);
+                    B[v] = _mm256_fmadd_pd(vb, kd, B[v]);
+                }
+            }
+            for (int k = 0; k < 4; k++)
+                _mm256_storeu_pd(aa + 4 * k, A[k]);
+            if (two)
+                for (int k = 0; k < 4; k++)
+                    _mm256_storeu_pd(ab + 4 * k, B[k]);
+        }
+    }
+}
+
 #endif /* ATTN_X86 */
 
 /* ---------------- dispatch ---------------- */
@@ -451,21 +524,28 @@ ds4__attn_isa_t ds4__attn_isa_select(void)
 
 static attn_kernels_t kernels_for(ds4__attn_isa_t isa, int hd)
 {
-    attn_kernels_t k = {.scores = scores_c, .exp_shift = exp_shift_c, .pv = pv_c};
+    attn_kernels_t k = {.scores = scores_c, .exp_shift = exp_shift_c, .pv = pv_c,
+                        .pv_exact = pv_c};
     DS4_ASSERT(ds4__attn_isa_supported(isa));
 #ifdef ATTN_X86
+    bool avx2 = ds4__attn_isa_supported(DS4__ATTN_ISA_AVX2);
     if (isa == DS4__ATTN_ISA_AVX512) {
         k.scores = scores_avx512;
         k.exp_shift = exp_shift_avx512;
-        if (hd % 64 == 0)
+        if (hd % 64 == 0) {
             k.pv = pv_avx512;
-        else if (hd % 16 == 0 && ds4__attn_isa_supported(DS4__ATTN_ISA_AVX2))
+            k.pv_exact = pv_exact_avx512;
+        } else if (hd % 16 == 0 && avx2) {
             k.pv = pv_avx2;
+            k.pv_exact = pv_exact_avx2;
+        }
     } else if (isa == DS4__ATTN_ISA_AVX2) {
         k.scores = scores_avx2;
         k.exp_shift = exp_shift_avx2;
-        if (hd % 16 == 0)
+        if (hd % 16 == 0) {
             k.pv = pv_avx2;
+            k.pv_exact = pv_exact_avx2;
+        }
     }
 #else
     (void)hd;
@@ -488,10 +568,28 @@ void ds4__attn_scores(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const ds
 }
 
 void ds4__attn_pv(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const float *pb, int64_t ps,
-                  int64_t n, const float *kr, double *acc)
+                  int64_t n, const float *kr, bool exact, double *acc)
 {
     attn_kernels_t k = kernels_for(isa, sh->head_dim);
-    k.pv(sh->n_heads, sh->head_dim, pb, ps, n, kr, acc);
+    (exact ? k.pv_exact : k.pv)(sh->n_heads, sh->head_dim, pb, ps, n, kr, acc);
+}
+
+/* 2^-20 and 2^-100 as bits: magnitude floors of keys and probabilities for exact products */
+#define EXACT_KEY_MIN 0x35800000u
+#define EXACT_PB_MIN 0x0d800000u
+
+bool ds4__attn_keys_exact(const float *x, int64_t n)
+{
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], sizeof(u));
+        uint32_t a = u & 0x7fffffffu;
+        /* low 16 bits set (not bf16), non-finite, or nonzero below 2^-20 */
+        bad |= (u & 0xffffu) | (uint32_t)(a >= 0x7f800000u) |
+               (uint32_t)(a != 0 && a < EXACT_KEY_MIN);
+    }
+    return bad == 0;
 }
 
 /* ---------------- one query ---------------- */
@@ -543,6 +641,7 @@ void ds4__attn_query(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const ds4
     int64_t sj = 0; /* entry b0 is entry sj of segment si */
     for (int64_t b0 = 0; b0 < n; b0 += DS4__ATTN_BLOCK) {
         int64_t b1 = b0 + DS4__ATTN_BLOCK < n ? b0 + DS4__ATTN_BLOCK : n, nb = b1 - b0;
+        bool pb_tiny = false;
         for (int h = 0; h < H; h++) {
             const float *s = sc + (int64_t)h * ss + b0;
             float bm = mrun[h];
@@ -560,8 +659,14 @@ void ds4__attn_query(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const ds4
             double *a = acc + (int64_t)h * hd;
             for (int i = 0; i < hd; i++)
                 a[i] = (double)(float)(a[i] * rescale);
-            for (int64_t e = 0; e < nb; e++)
-                pb[h * DS4__ATTN_BLOCK + e] = ds4_round_bf16(p[e]);
+            for (int64_t e = 0; e < nb; e++) {
+                float v = ds4_round_bf16(p[e]);
+                uint32_t u;
+                memcpy(&u, &v, sizeof(u));
+                /* 0 < p < 2^-100 (products may round in fp32), p > 1 or NaN: regular path */
+                pb_tiny |= (u != 0 && u < EXACT_PB_MIN) || u > 0x3f800000u;
+                pb[h * DS4__ATTN_BLOCK + e] = v;
+            }
             mrun[h] = bm;
         }
         /* P.V over the block's valid entries, in entry order */
@@ -573,7 +678,9 @@ void ds4__attn_query(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const ds4
             const ds4__attn_seg_t *sg = &segs[si];
             int64_t take = sg->n - sj < b1 - e ? sg->n - sj : b1 - e;
             if (sg->kt != NULL)
-                K.pv(H, hd, pb + (e - b0), DS4__ATTN_BLOCK, take, sg->kr + sj * hd, acc);
+                (sg->exact && !pb_tiny ? K.pv_exact : K.pv)(H, hd, pb + (e - b0),
+                                                            DS4__ATTN_BLOCK, take,
+                                                            sg->kr + sj * hd, acc);
             e += take;
             sj += take;
         }

@@ -45,7 +45,14 @@ typedef struct ds4__attn_seg {
     int64_t ld;
     int64_t tile_stride;
     const float *kr;
+    bool exact;  /* ds4__attn_keys_exact holds for the n rows (enables exact-product kernels) */
 } ds4__attn_seg_t;
+
+/* True when every value is a finite bf16 value that is 0 or of magnitude >= 2^-20: its
+ * product with a bf16 value of magnitude 0 or in [2^-100, 1] then has at most 16 significant
+ * bits and stays normal, so it is exact in fp32 and double FMA equals mul-then-add (the
+ * engine's keys: e4m3 x 2^k and bf16 values). */
+bool ds4__attn_keys_exact(const float *x, int64_t n);
 
 typedef struct ds4__attn_shape {
     int n_heads;
@@ -70,7 +77,7 @@ void ds4__attn_scores(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const ds
                       const float *q, float *sc, int64_t ss);
 /* for e < n in order, for each head h: acc[h][i] += (double)(pb[h * ps + e] * kr[e * hd + i]); */
 void ds4__attn_pv(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const float *pb, int64_t ps,
-                  int64_t n, const float *kr, double *acc);
+                  int64_t n, const float *kr, bool exact, double *acc);
 /* ops.c: y[r * m + j] = sequential fp32 dot (element 0 first, mul then add) of x[r][0..n) and
  * w[j][0..n), for r < rows, j < m, vectorised across j at the `isa` level (same bits). */
 void ds4__dots_seq(ds4__attn_isa_t isa, const float *x, int64_t rows, int64_t n, const float *w,

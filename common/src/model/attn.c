@@ -36,6 +36,7 @@ typedef struct attn_job {
     const float *wr, *wt;
     int64_t n_cr;
     const float *cr, *ct;
+    bool wr_exact, cr_exact; /* ds4__attn_keys_exact of wr / cr */
 } attn_job_t;
 
 /* Transposes rows[n][hd] into tiles of 64 rows: t[(r / 64) * 64 * hd + i * 64 + r % 64]. */
@@ -69,13 +70,14 @@ static void attn_rows(void *arg, size_t begin, size_t end, int thread_index)
         int64_t nw = p + 1 < win ? p + 1 : win, tok0 = p + 1 - nw, w0 = tok0 - j->wbase;
         ds4__attn_seg_t segs[3] = {
             {.n = nw, .kt = j->wt + w0, .ld = j->wlen, .tile_stride = DS4__ATTN_TILE,
-             .kr = j->wr + w0 * hd},
+             .kr = j->wr + w0 * hd, .exact = j->wr_exact},
             {.n = win - nw},
             {.n = 0},
         };
         if (L->kind == DS4_LAYER_HCA) {
             segs[2] = (ds4__attn_seg_t){.n = (p + 1) / L->ratio, .kt = j->ct, .ld = DS4__ATTN_TILE,
-                                        .tile_stride = (int64_t)DS4__ATTN_TILE * hd, .kr = j->cr};
+                                        .tile_stride = (int64_t)DS4__ATTN_TILE * hd, .kr = j->cr,
+                                        .exact = j->cr_exact};
         } else if (L->kind == DS4_LAYER_CSA) {
             int ns = j->n_sel[t];
             for (int i = 0; i < ns; i++) {
@@ -84,7 +86,8 @@ static void attn_rows(void *arg, size_t begin, size_t end, int thread_index)
             }
             transpose_tiles(kr, ns, hd, kt);
             segs[2] = (ds4__attn_seg_t){.n = ns, .kt = kt, .ld = DS4__ATTN_TILE,
-                                        .tile_stride = (int64_t)DS4__ATTN_TILE * hd, .kr = kr};
+                                        .tile_stride = (int64_t)DS4__ATTN_TILE * hd, .kr = kr,
+                                        .exact = ds4__attn_keys_exact(kr, (int64_t)ns * hd)};
         }
         ds4__attn_query(j->isa, &sh, segs, 3, j->q + (int64_t)t * H * hd,
                         j->o + (int64_t)t * H * hd, scratch);
@@ -192,7 +195,9 @@ ds4_status_t ds4__attention(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, 
     transpose_tiles(cr, n_cr, hd, ct);
     attn_job_t job = {.m = m, .L = L, .ls = ls, .T = T, .p0 = p0, .q = q, .sel = sel,
                       .n_sel = n_sel, .o = o, .isa = ds4__attn_isa_select(), .wbase = p0 - n_old,
-                      .wlen = wlen, .wr = wr, .wt = wt, .n_cr = n_cr, .cr = cr, .ct = ct};
+                      .wlen = wlen, .wr = wr, .wt = wt, .n_cr = n_cr, .cr = cr, .ct = ct,
+                      .wr_exact = ds4__attn_keys_exact(wr, wlen * hd),
+                      .cr_exact = ds4__attn_keys_exact(cr, n_cr * hd)};
     m->ops->parallel_for(m->be, (size_t)T, attn_rows, &job);
     /* ring update after every query of the chunk has read the old rows */
     for (int64_t t = (T > win ? T - win : 0); t < T; t++)
