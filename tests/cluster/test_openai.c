@@ -838,6 +838,36 @@ static void test_disconnect(void)
     free(p);
 }
 
+/* A full decode worker sheds load: 429 with the error object; the held streams, once their
+ * clients hang up, release everything. */
+static void test_shed(void)
+{
+    enum { FULL = 8 }; /* the decode worker's --max-sequences */
+    int fds[FULL];
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"Go on.\"}],"
+                       "\"max_tokens\":3000,\"ignore_eos\":true,\"stream\":true}";
+    for (int i = 0; i < FULL; i++) {
+        fds[i] = connect_to(router.http_port);
+        DS4_CHECK(fds[i] >= 0 &&
+                  send_request(fds[i], "POST", "/v1/chat/completions", body, strlen(body)));
+    }
+    DS4_CHECK(pdh_wait_metric(decode0.http_port, "ds4_running_requests", FULL, 10000));
+    http_resp_t r;
+    json_t *o = post("/v1/chat/completions",
+                     json_pack("{s:[{s:s, s:s}], s:i}", "messages", "role", "user", "content",
+                               "one more", "max_tokens", 4),
+                     &r);
+    DS4_CHECKF(r.status == 429, "%d %s", r.status, r.body);
+    DS4_CHECK_STR_CONTAINS(jstr(o, "$.error.type"), "rate_limit");
+    DS4_CHECK_STR_CONTAINS(jstr(o, "$.error.message"), "full");
+    json_decref(o);
+    free(r.body);
+    for (int i = 0; i < FULL; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    DS4_CHECK(all_released(10000));
+}
+
 static void test_deadline(void)
 {
     http_resp_t r;
@@ -1184,6 +1214,7 @@ int main(void)
     DS4_RUN(test_chat_tools);
     DS4_RUN(test_invalid);
     DS4_RUN(test_disconnect);
+    DS4_RUN(test_shed);
     DS4_RUN(test_deadline);
     DS4_RUN(test_anthropic);
     DS4_RUN(test_no_workers);
