@@ -63,6 +63,11 @@ static void parse_stops(api_req_t *a, const json_t *body, const char *key, bool 
             ds4_diag_addf(d, ds4_json_path_index(p, sizeof(p), key, i), "must not be empty");
             return;
         }
+        if (strlen(json_string_value(s)) != json_string_length(s)) {
+            ds4_diag_addf(d, ds4_json_path_index(p, sizeof(p), key, i),
+                          "must not contain a NUL character");
+            return;
+        }
         a->stops[i] = (char *)json_string_value(s);
     }
     a->sp.stop = a->stops;

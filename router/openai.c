@@ -149,6 +149,10 @@ static void parse_prompt(api_req_t *a, const json_t *body, ds4_diag_t *d)
             ds4_diag_addf(d, "prompt", "must not be empty");
             return;
         }
+        if (strlen(json_string_value(p)) != json_string_length(p)) {
+            ds4_diag_addf(d, "prompt", "must not contain a NUL character");
+            return;
+        }
         a->greq.prompt_case = DS4__V1__GENERATE_REQUEST__PROMPT_PROMPT_TEXT;
         a->greq.prompt_text = (char *)json_string_value(p);
         return;

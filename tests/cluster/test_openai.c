@@ -727,6 +727,8 @@ static void test_invalid(void)
     expect_error(cp, "{\"prompt\":\"x\",\"echo\":true}", 400, "echo");
     expect_error(cp, "{\"prompt\":\"x\",\"logprobs\":50}", 400, "logprobs");
     expect_error(cp, "{\"prompt\":{}}", 400, "prompt");
+    expect_error(cp, "{\"prompt\":\"a\\u0000b\"}", 400, "prompt");
+    expect_error(cp, "{\"prompt\":\"a\",\"stop\":[\"x\",\"\\u0000\"]}", 400, "stop[1]");
     const char *am = "/v1/messages";
     expect_error(am, "{" MSGS "}", 400, "max_tokens");
     expect_error(am, "{" MSGS ",\"max_tokens\":4,\"temperature\":1.5}", 400, "temperature");
