@@ -168,26 +168,35 @@ static inline TGT int count_not_below(const float *best, int n, float sc)
     return c;
 }
 
-/* Top-k update of row r with the scores of tile t (the keys it may see). */
-static inline __attribute__((always_inline)) TGT void tile_select(const ds4__idxk_job_t *job,
-                                                                  int64_t t, int64_t r,
-                                                                  __m512 score)
+/* Top-k update of row r with the scores of NT (1 or 2) tiles from tile t (the keys it may
+ * see): one threshold test and one branch for up to 32 keys; survivors in key order. */
+INLINE void tiles_select(const ds4__idxk_job_t *job, int64_t t, int64_t r, const __m512 *score,
+                         int NT)
 {
     const int topk = job->topk, L = DS4__IDXK_TILE;
-    int64_t left = job->n_visible[r] - t * L;
-    __mmask16 m = left >= L ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+    const int64_t left = job->n_visible[r] - t * L;
+    uint32_t m = left >= 32 ? 0xffffffffu : (1u << left) - 1u;
+    if (NT == 1)
+        m &= 0xffffu;
     int32_t *sel = job->sel + r * topk;
     float *best = job->best + r * topk;
     int k = job->n_sel[r];
-    if (k == topk)
-        m &= _mm512_cmp_ps_mask(score, _mm512_set1_ps(best[topk - 1]), _CMP_GT_OQ);
+    if (k == topk) {
+        const __m512 thr = _mm512_set1_ps(best[topk - 1]);
+        uint32_t gt = _mm512_cmp_ps_mask(score[0], thr, _CMP_GT_OQ);
+        if (NT == 2)
+            gt |= (uint32_t)_mm512_cmp_ps_mask(score[1], thr, _CMP_GT_OQ) << 16;
+        m &= gt;
+    }
     if (m == 0)
         return;
-    float sc[16];
-    _mm512_storeu_ps(sc, score);
+    float sc[32];
+    _mm512_storeu_ps(sc, score[0]);
+    if (NT == 2)
+        _mm512_storeu_ps(sc + 16, score[1]);
     while (m != 0) {
-        int l = __builtin_ctz((unsigned)m);
-        m &= (__mmask16)(m - 1);
+        int l = __builtin_ctz(m);
+        m &= m - 1;
         if (k == topk && !(sc[l] > best[topk - 1]))
             continue;
         ds4__idxk_insert_at(sel, best, &k, topk, (int32_t)(t * L + l), sc[l],
@@ -222,14 +231,13 @@ TGT void ds4__idxk_rows_avx512(const ds4__idxk_job_t *job, int64_t r0, int64_t r
                     fast_scores(job, tv, ts, r, 2, sc);
                 else
                     block_scores(job, tv, ts, r, 2, cm, sc);
-                tile_select(job, t, r, sc[0]);
-                tile_select(job, t + 1, r, sc[1]);
+                tiles_select(job, t, r, sc, 2);
             } else {
                 if (rf && fast1)
                     fast_scores(job, tv, ts, r, 1, sc);
                 else
                     block_scores(job, tv, ts, r, 1, cm, sc);
-                tile_select(job, t, r, sc[0]);
+                tiles_select(job, t, r, sc, 1);
             }
         }
     }
