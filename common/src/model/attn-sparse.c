@@ -32,6 +32,12 @@ typedef struct attn_kernels {
      * the sum are one double FMA */
     void (*pv_exact)(int H, int hd, const float *pb, int64_t ps, int64_t n, const float *kr,
                      double *acc);
+    /* a[i] = (double)(float)(a[i] * r), i < n (the block rescale) */
+    void (*rescale)(double *a, int n, float r);
+    /* pb[e] = bf16(p[e]), e < n; returns whether some pb is 0 < pb < 2^-100, > 1 or NaN */
+    bool (*round_pb)(const float *p, int64_t n, float *pb);
+    /* ds4__sum_row_f32(x, 64) */
+    float (*sum64)(const float *x);
 } attn_kernels_t;
 
 /* ---------------- portable C ---------------- */
@@ -77,6 +83,34 @@ static void pv_c(int H, int hd, const float *pb, int64_t ps, int64_t n, const fl
                 a[i] += (double)(p * k[i]);
         }
     }
+}
+
+/* 2^-20 and 2^-100 as bits: magnitude floors of keys and probabilities for exact products */
+#define EXACT_KEY_MIN 0x35800000u
+#define EXACT_PB_MIN 0x0d800000u
+
+static void rescale_c(double *a, int n, float r)
+{
+    for (int i = 0; i < n; i++)
+        a[i] = (double)(float)(a[i] * r);
+}
+
+static bool round_pb_c(const float *p, int64_t n, float *pb)
+{
+    bool tiny = false;
+    for (int64_t e = 0; e < n; e++) {
+        float v = ds4_round_bf16(p[e]);
+        uint32_t u;
+        memcpy(&u, &v, sizeof(u));
+        tiny |= (u != 0 && u < EXACT_PB_MIN) || u > 0x3f800000u;
+        pb[e] = v;
+    }
+    return tiny;
+}
+
+static float sum64_c(const float *x)
+{
+    return ds4__sum_row_f32(x, DS4__ATTN_BLOCK);
 }
 
 /* ---------------- x86 ---------------- */
@@ -304,6 +338,66 @@ __attribute__((target("avx512f"))) static void pv_exact_avx512(int H, int hd, co
     }
 }
 
+__attribute__((target("avx512f"))) static void rescale_avx512(double *a, int n, float r)
+{
+    const __m512d vr = _mm512_set1_pd((double)r);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm512_storeu_pd(a + i, _mm512_cvtps_pd(_mm512_cvtpd_ps(
+                                    _mm512_mul_pd(_mm512_loadu_pd(a + i), vr))));
+    rescale_c(a + i, n - i, r);
+}
+
+/* ds4_round_bf16 on 16 lanes (NaN kept quiet) */
+__attribute__((target("avx512f"))) static inline __m512 bf16_avx512(__m512 x)
+{
+    __m512i u = _mm512_castps_si512(x);
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                            _mm512_set1_epi32(0x7f800000));
+    __m512i r = _mm512_add_epi32(
+        u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                            _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    __m512i q = _mm512_or_si512(_mm512_and_si512(u, hi), _mm512_set1_epi32(0x400000));
+    return _mm512_castsi512_ps(_mm512_mask_blend_epi32(nan, _mm512_and_si512(r, hi), q));
+}
+
+__attribute__((target("avx512f"))) static bool round_pb_avx512(const float *p, int64_t n,
+                                                               float *pb)
+{
+    __mmask16 tiny = 0;
+    for (int64_t e = 0; e < n; e += 16) {
+        __mmask16 k = lanes16(n - e);
+        __m512i u = _mm512_castps_si512(bf16_avx512(_mm512_maskz_loadu_ps(k, p + e)));
+        tiny |= _mm512_mask_cmpneq_epi32_mask(k, u, _mm512_setzero_si512()) &
+                _mm512_mask_cmplt_epu32_mask(k, u, _mm512_set1_epi32((int)EXACT_PB_MIN));
+        tiny |= _mm512_mask_cmpgt_epu32_mask(k, u, _mm512_set1_epi32(0x3f800000));
+        _mm512_mask_storeu_ps(pb + e, k, _mm512_castsi512_ps(u));
+    }
+    return tiny != 0;
+}
+
+/* ds4__sum_row_f32's order for n = 64 (8 vectors of 8, 4 accumulators, no cascade level
+ * filled): acc_k = (((0 + v_k) + v_k+4) + 0 + 0 + 0), acc_0 += acc_1, acc_2, acc_3, then the
+ * 8 lanes added to 0 in order (the +0 steps kept: they turn -0 into +0 as the scalar code) */
+__attribute__((target("avx512f"))) static float sum64_avx512(const float *x)
+{
+    const __m256 z = _mm256_setzero_ps();
+    __m256 a[4];
+    for (int k = 0; k < 4; k++) {
+        __m256 v = _mm256_add_ps(_mm256_add_ps(z, _mm256_loadu_ps(x + 8 * k)),
+                                 _mm256_loadu_ps(x + 32 + 8 * k));
+        a[k] = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(v, z), z), z);
+    }
+    __m256 t = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), a[2]), a[3]);
+    float l[8];
+    _mm256_storeu_ps(l, t);
+    float total = 0.0f;
+    for (int i = 0; i < 8; i++)
+        total += l[i];
+    return total;
+}
+
 /* ---- AVX2 + FMA ---- */
 
 __attribute__((target("avx2,fma"))) static inline __m256 exp_avx2(__m256 x)
@@ -525,13 +619,17 @@ ds4__attn_isa_t ds4__attn_isa_select(void)
 static attn_kernels_t kernels_for(ds4__attn_isa_t isa, int hd)
 {
     attn_kernels_t k = {.scores = scores_c, .exp_shift = exp_shift_c, .pv = pv_c,
-                        .pv_exact = pv_c};
+                        .pv_exact = pv_c, .rescale = rescale_c, .round_pb = round_pb_c,
+                        .sum64 = sum64_c};
     DS4_ASSERT(ds4__attn_isa_supported(isa));
 #ifdef ATTN_X86
     bool avx2 = ds4__attn_isa_supported(DS4__ATTN_ISA_AVX2);
     if (isa == DS4__ATTN_ISA_AVX512) {
         k.scores = scores_avx512;
         k.exp_shift = exp_shift_avx512;
+        k.rescale = rescale_avx512;
+        k.round_pb = round_pb_avx512;
+        k.sum64 = sum64_avx512;
         if (hd % 64 == 0) {
             k.pv = pv_avx512;
             k.pv_exact = pv_exact_avx512;
@@ -573,10 +671,6 @@ void ds4__attn_pv(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const float 
     attn_kernels_t k = kernels_for(isa, sh->head_dim);
     (exact ? k.pv_exact : k.pv)(sh->n_heads, sh->head_dim, pb, ps, n, kr, acc);
 }
-
-/* 2^-20 and 2^-100 as bits: magnitude floors of keys and probabilities for exact products */
-#define EXACT_KEY_MIN 0x35800000u
-#define EXACT_PB_MIN 0x0d800000u
 
 bool ds4__attn_keys_exact(const float *x, int64_t n)
 {
@@ -654,19 +748,11 @@ void ds4__attn_query(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const ds4
             K.exp_shift(s, bm, nb, p);
             for (int64_t e = nb; e < DS4__ATTN_BLOCK; e++)
                 p[e] = 0.0f;
-            float bsum = ds4__sum_row_f32(p, DS4__ATTN_BLOCK);
+            float bsum = K.sum64(p);
             sum[h] = sum[h] * rescale + bsum;
-            double *a = acc + (int64_t)h * hd;
-            for (int i = 0; i < hd; i++)
-                a[i] = (double)(float)(a[i] * rescale);
-            for (int64_t e = 0; e < nb; e++) {
-                float v = ds4_round_bf16(p[e]);
-                uint32_t u;
-                memcpy(&u, &v, sizeof(u));
-                /* 0 < p < 2^-100 (products may round in fp32), p > 1 or NaN: regular path */
-                pb_tiny |= (u != 0 && u < EXACT_PB_MIN) || u > 0x3f800000u;
-                pb[h * DS4__ATTN_BLOCK + e] = v;
-            }
+            K.rescale(acc + (int64_t)h * hd, hd, rescale);
+            /* 0 < p < 2^-100 (products may round in fp32), p > 1 or NaN: regular P.V */
+            pb_tiny |= K.round_pb(p, nb, pb + h * DS4__ATTN_BLOCK);
             mrun[h] = bm;
         }
         /* P.V over the block's valid entries, in entry order */
