@@ -308,6 +308,12 @@ static void test_other_shapes(void)
     icase_t b = case_make(32, 3, 7, 300, 19, 4 * 300 - 21, 2, 10);
     check_case("dim32 nh3 topk7", &b, &ties);
     case_free(&b);
+    /* dim 2048: past the shifted form's limit, plain tiles and rows only */
+    long plain_before = g_forms[0][0], shifted_before = g_forms[0][1] + g_forms[1][1];
+    icase_t e = case_make(2048, 4, 9, 90, 12, 4 * 90 - 13, 3, 0);
+    check_case("dim2048 nh4 topk9", &e, &ties);
+    case_free(&e);
+    DS4_CHECK(g_forms[0][0] > plain_before && g_forms[0][1] + g_forms[1][1] == shifted_before);
     /* topk larger than every row's visible keys */
     icase_t d = case_make(128, 4, 200, 150, 30, 4 * 150 - 31, 3, 0);
     check_case("topk > n_visible", &d, &ties);

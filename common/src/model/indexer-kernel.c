@@ -69,7 +69,8 @@ static bool fast_ok(const uint8_t *sc, int nb, int *smin)
         hi = sc[b] > hi ? sc[b] : hi;
     }
     *smin = lo;
-    return lo >= DS4__IDXK_FSMIN && hi <= DS4__IDXK_FSMAX && hi - lo <= DS4__IDXK_FSPREAD;
+    return nb * DS4__IDXK_BLOCK <= DS4__IDXK_FMAXDIM && lo >= DS4__IDXK_FSMIN &&
+           hi <= DS4__IDXK_FSMAX && hi - lo <= DS4__IDXK_FSPREAD;
 }
 
 void ds4__idxk_keys_fill(ds4__idxk_keys_t *k, const uint8_t *rows, size_t row_bytes, int64_t t0,

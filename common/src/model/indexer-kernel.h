@@ -12,10 +12,11 @@
  * (exact, barring fp32 under/overflow: scale bytes in [2, 253]) and the blocks are summed in
  * fp32 in block order. Exactness: every block term is a multiple of 2^emin (emin the smallest
  * block exponent of the pair), so the fp32 sum is exact in any order while every partial sum is
- * below 2^24 * 2^emin; a spread of block exponents (query + key) of at most 9 guarantees it
- * (4 * 4608 * 2^9 < 2^24). Then the dot equals the exact value, which is what an fp32 GEMM of
- * the decoded values (or DeepSeek's reference) gives too. Outside that condition every dispatch
- * level still gives the same answer (same operation order), but it may differ from a GEMM.
+ * below 2^24 * 2^emin: n_blocks * 4608 * 2^spread < 2^24 for the spread of block exponents
+ * (query + key), i.e. a spread of at most 9 at dim 128. Then the dot equals the exact value,
+ * which is what an fp32 GEMM of the decoded values (or DeepSeek's reference) gives too. Outside
+ * that condition every dispatch level still gives the same answer (same operation order), but
+ * it may differ from a GEMM.
  *
  * Keys live in a tiled copy made from the FP4 wire rows (ds4__index_row_*): tiles of 16 keys,
  * for each group of 4 dims a 64-byte vector (key l's 4 values at bytes 4l..4l+3), values stored
@@ -27,11 +28,11 @@
  *           every scale[b] = 2^(s_min - 128). A block dot with shifted values is the plain one
  *           times 2^(s_b - s_min), exactly (|.| < 2^24), so x_b = fl(dot') * scale'[b] equals
  *           fl(dot) * scale[b]: the per-block arithmetic gives identical results on both forms.
- * A query (row, head) has the same two forms; when the query and the tile are both shifted, the
- * whole 128-dim dot is one exact integer (|.| <= 4 * 4608 * 2^6 < 2^24) scaled by the two
- * s_min powers of two: the exact dot, which is also what the per-block sum gives (its exponent
- * spread is <= 6, within the exactness condition), so the fast path changes no result. The
- * exponent range keeps every product of scales normal (no underflow, no overflow).
+ * The shifted form also needs dim <= 1024. A query (row, head) has the same two forms; when the
+ * query and the tile are both shifted, the whole dot is one exact integer (|.| <= n_blocks *
+ * 4608 * 2^6 < 2^24) scaled by the two s_min powers of two: the exact dot, which is also what
+ * the per-block sum gives (exponent spread <= 6: within the exactness condition), so this fast
+ * path changes no result. The exponent range keeps every product of scales normal.
  *
  * Dispatch: AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw), portable C, chosen at run time with
  * __builtin_cpu_supports (no global -march); all levels give identical results.
@@ -55,6 +56,7 @@
 #define DS4__IDXK_FSPREAD 3 /* shifted form: block exponents within 3 of the smallest */
 #define DS4__IDXK_FSMIN 66  /* shifted form: scale bytes in [66, 180] */
 #define DS4__IDXK_FSMAX 180
+#define DS4__IDXK_FMAXDIM 1024 /* shifted form: dim <= 1024 (whole dot < 2^24) */
 
 typedef enum ds4__idxk_level {
     DS4__IDXK_AUTO = 0,     /* best level this CPU supports */
