@@ -1,5 +1,5 @@
 /* K-blocked GEMM driver: level dispatch, activation packing, and the tiling over threads (each
- * job = one tile of KGEMM_TILE weight rows x a range of activation row groups, packed per K
+ * job = one tile of up to KGEMM_TILE weight rows x a range of activation row groups, packed per K
  * chunk so the weight chunk stays in L2 while every row group passes over it). */
 #include "kgemm.h"
 
@@ -92,6 +92,7 @@ typedef struct kg_job {
     float *y;
     float **wbuf;    /* per thread: KGEMM_TILE * KGEMM_KC floats */
     int64_t n_groups;
+    int64_t tile;     /* weight rows per tile: KGEMM_TILE, less for small weights */
     int64_t groups_per_chunk;
     int64_t n_chunks; /* row-group chunks per tile */
 } kg_job_t;
@@ -136,8 +137,8 @@ static void run_jobs(void *arg, size_t begin, size_t end, int thread_index)
     float *wp = j->wbuf[thread_index];
     for (size_t job = begin; job < end; job++) {
         int64_t tile = (int64_t)job / j->n_chunks, chunk = (int64_t)job % j->n_chunks;
-        int64_t r0 = tile * KGEMM_TILE;
-        int64_t nr = n - r0 < KGEMM_TILE ? n - r0 : KGEMM_TILE;
+        int64_t r0 = tile * j->tile;
+        int64_t nr = n - r0 < j->tile ? n - r0 : j->tile;
         int64_t g0 = chunk * j->groups_per_chunk;
         int64_t g1 = g0 + j->groups_per_chunk < j->n_groups ? g0 + j->groups_per_chunk
                                                              : j->n_groups;
@@ -179,7 +180,12 @@ ds4_status_t ds4__kgemm_matmul(const ds4__kgemm_ops_t *ops, ds4_threadpool_h poo
     wc.f32 = NULL;
     kg_job_t j = {.ops = ops, .w = &wc, .m = m, .x = x, .quantise = quantise, .y = y};
     j.n_groups = (m + mr - 1) / mr;
-    int64_t n_tiles = (w->n + KGEMM_TILE - 1) / KGEMM_TILE;
+    /* Small weights: tiles of fewer rows (multiples of a panel, so 16-row strips stay inside
+     * one 128-row scale block) until every thread has two. */
+    j.tile = KGEMM_TILE;
+    while (j.tile > KGEMM_NR && (w->n + j.tile - 1) / j.tile < 2 * (int64_t)n_threads)
+        j.tile /= 2;
+    int64_t n_tiles = (w->n + j.tile - 1) / j.tile;
     /* Too few weight tiles for the threads: split the rows too (each chunk packs the tile's
      * weights again; results do not depend on the split). */
     j.n_chunks = 1;
@@ -207,7 +213,10 @@ ds4_status_t ds4__kgemm_matmul(const ds4__kgemm_ops_t *ops, ds4_threadpool_h poo
         if (j.wbuf[t] == NULL || j.xrow[t] == NULL)
             goto free_wbuf;
     }
-    ds4_threadpool_parallel_for(pool, (size_t)j.n_groups, pack_groups, &j);
+    if (j.n_groups == 1)
+        pack_groups(&j, 0, 1, 0); /* decode-sized: not worth waking the threads */
+    else
+        ds4_threadpool_parallel_for(pool, (size_t)j.n_groups, pack_groups, &j);
     ds4_threadpool_parallel_for(pool, (size_t)(n_tiles * j.n_chunks), run_jobs, &j);
     st = DS4_OK;
 free_wbuf:

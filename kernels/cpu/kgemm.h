@@ -8,8 +8,10 @@
  *   with y = blocksum_0, then y = fl32(y + blocksum_b): the reference fp8_gemm / fp4_gemm's
  *   per-scale-block partial sums, and bit for bit what OpenBLAS's Cooperlake/SkylakeX sgemm
  *   kernel computes for one (16|64) x 128 x 128 block with beta = 1 (the backend's previous
- *   sgemm-per-block path; measured). W is the exactly dequantised weight (e4m3 or e2m1 times
- *   its ue8m0 scale), xq the act_quant'ed activations (given, not quantised here).
+ *   sgemm-per-block path; measured with OpenBLAS 0.3.21 - its other kernels, e.g. Haswell's or
+ *   the small-shape ones, order a block differently, which only shows where a block sum is
+ *   inexact in fp32). W is the exactly dequantised weight (e4m3 or e2m1 times its ue8m0 scale),
+ *   xq the act_quant'ed activations (ds4_act_quant_fp8, block 128).
  *
  * Every output is computed by the same instruction sequence whatever M, the row group, the
  * tile or the thread: rows are independent and any batch split gives the same bits. All
@@ -41,7 +43,7 @@
 typedef enum ds4__kgemm_level {
     DS4_KGEMM_PORTABLE = 0, /* plain C (fmaf) */
     DS4_KGEMM_AVX2 = 1,     /* x86-64 AVX2 + FMA */
-    DS4_KGEMM_AVX512 = 2,   /* x86-64 AVX-512 F/BW/VL */
+    DS4_KGEMM_AVX512 = 2,   /* x86-64 AVX-512F + FMA */
     DS4_KGEMM_N_LEVELS
 } ds4__kgemm_level_t;
 
