@@ -12,6 +12,7 @@
 #include "ds4/json.h"
 #include "ds4/log.h"
 #include "http-api.h"
+#include "openai-tools.h"
 
 bool api_buf_put(api_buf_t *b, const char *s, size_t n)
 {
@@ -207,6 +208,27 @@ char *api_token_text(router_t *rt, uint32_t id)
     if (ds4_tokenizer_decode(rt->tok, &one, 1, false, &text, &len, NULL) != DS4_OK)
         return ds4_strdup("");
     return text;
+}
+
+json_t *api_tool_message(api_req_t *a)
+{
+    router_t *rt = a->rt;
+    const uint32_t *ids = (const uint32_t *)(const void *)a->all_ids.p;
+    size_t n = a->all_ids.len / sizeof(*ids), k = 0;
+    int32_t *known = ds4_malloc_array(n + 1, sizeof(*known));
+    if (known == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) /* padded model vocabulary past the tokenizer: no text */
+        if (ids[i] < ds4_tokenizer_n_ids(rt->tok))
+            known[k++] = (int32_t)ids[i];
+    char *raw = NULL;
+    size_t len = 0;
+    json_t *m = NULL;
+    if (ds4_tokenizer_decode(rt->tok, known, k, false, &raw, &len, NULL) == DS4_OK)
+        m = openai_tool_message(raw, len, a->chat_mode, a->id);
+    ds4_free(raw);
+    ds4_free(known);
+    return m;
 }
 
 /* ---- request life ---- */

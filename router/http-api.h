@@ -116,6 +116,9 @@ void api_parse_reasoning(api_req_t *a, const json_t *body, ds4_diag_t *d);
 bool api_encode_chat(api_req_t *a, ds4_diag_t *d);
 /* obj[key] unless absent or null (clients send null for "not set"). */
 const json_t *api_present(const json_t *obj, const char *key);
+/* The whole answer (special tokens included) parsed for tool calls: openai_tool_message's
+ * message, or NULL when there are none. Needs a->tools (the ids are kept then). */
+json_t *api_tool_message(api_req_t *a);
 /* Text of one token id (special tokens included), new string (ds4_free) or NULL. */
 char *api_token_text(router_t *rt, uint32_t id);
 

@@ -385,32 +385,10 @@ void openai_on_message(api_req_t *a, const Ds4__V1__GenerateResponse *resp)
     api_sse(a, NULL, chunk);
 }
 
-/* The whole answer with special tokens, parsed for tool calls (NULL: none). */
-static json_t *tool_message(api_req_t *a)
-{
-    router_t *rt = a->rt;
-    const uint32_t *ids = (const uint32_t *)(const void *)a->all_ids.p;
-    size_t n = a->all_ids.len / sizeof(*ids), k = 0;
-    int32_t *known = ds4_malloc_array(n + 1, sizeof(*known));
-    if (known == NULL)
-        return NULL;
-    for (size_t i = 0; i < n; i++) /* padded model vocabulary past the tokenizer: no text */
-        if (ids[i] < ds4_tokenizer_n_ids(rt->tok))
-            known[k++] = (int32_t)ids[i];
-    char *raw = NULL;
-    size_t len = 0;
-    json_t *m = NULL;
-    if (ds4_tokenizer_decode(rt->tok, known, k, false, &raw, &len, NULL) == DS4_OK)
-        m = openai_tool_message(raw, len, a->chat_mode, a->id);
-    ds4_free(raw);
-    ds4_free(known);
-    return m;
-}
-
 void openai_on_done(api_req_t *a)
 {
     const char *finish = finish_name(a->finish);
-    json_t *tm = a->tools ? tool_message(a) : NULL;
+    json_t *tm = a->tools ? api_tool_message(a) : NULL;
     if (tm != NULL)
         finish = "tool_calls";
     if (a->stream && a->tools) {

@@ -959,6 +959,55 @@ static void test_anthropic(void)
     free(r.body);
 }
 
+/* The same conversation with a tool call and its result through /v1/messages and
+ * /v1/chat/completions renders the same prompt and gets the same greedy answer. */
+static void test_anthropic_tools(void)
+{
+    json_t *params = json_pack("{s:s, s:{s:{s:s}}, s:[s]}", "type", "object", "properties", "city",
+                               "type", "string", "required", "city");
+    json_t *oai = json_pack(
+        "{s:[{s:s, s:s}, {s:s, s:s}, {s:s, s:s, s:[{s:s, s:s, s:{s:s, s:{s:s}}}]},"
+        " {s:s, s:s, s:s}], s:[{s:s, s:{s:s, s:s, s:O}}], s:i, s:f, s:s}",
+        "messages", "role", "system", "content", "You help.", "role", "user", "content",
+        "Weather in Paris?", "role", "assistant", "content", "", "tool_calls", "id", "c1", "type",
+        "function", "function", "name", "get_weather", "arguments", "city", "Paris", "role", "tool",
+        "tool_call_id", "c1", "content", "18 C", "tools", "type", "function", "function", "name",
+        "get_weather", "description", "Weather of a city", "parameters", params, "max_tokens", 8,
+        "temperature", 0.0, "reasoning_effort", "none");
+    json_t *ant = json_pack(
+        "{s:s, s:[{s:s, s:s}, {s:s, s:[{s:s, s:s, s:s, s:{s:s}}]},"
+        " {s:s, s:[{s:s, s:s, s:s}]}], s:[{s:s, s:s, s:O}], s:i, s:f}",
+        "system", "You help.", "messages", "role", "user", "content", "Weather in Paris?", "role",
+        "assistant", "content", "type", "tool_use", "id", "c1", "name", "get_weather", "input",
+        "city", "Paris", "role", "user", "content", "type", "tool_result", "tool_use_id", "c1",
+        "content", "18 C", "tools", "name", "get_weather", "description", "Weather of a city",
+        "input_schema", params, "max_tokens", 8, "temperature", 0.0);
+    json_decref(params);
+    http_resp_t r1, r2;
+    json_t *o1 = post("/v1/chat/completions", oai, &r1);
+    json_t *o2 = post("/v1/messages", ant, &r2);
+    DS4_CHECKF(r1.status == 200, "%d %s", r1.status, r1.body);
+    DS4_CHECKF(r2.status == 200, "%d %s", r2.status, r2.body);
+    long long p1 = json_integer_value(jpath(o1, "usage.prompt_tokens"));
+    long long p2 = json_integer_value(jpath(o2, "usage.input_tokens"));
+    DS4_CHECKF(p1 == p2 && p1 > 100, "%lld vs %lld prompt tokens", p1, p2);
+    const char *c1 = jstr(o1, "$.choices[0].message.content");
+    const char *c2 = jstr(o2, "$.content[0].text");
+    DS4_CHECKF(c1 != NULL && c2 != NULL && strcmp(c1, c2) == 0, "\"%s\" vs \"%s\"", c1, c2);
+    json_decref(o1);
+    json_decref(o2);
+    free(r1.body);
+    free(r2.body);
+    expect_error("/v1/messages",
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":4,"
+                 "\"tools\":[{\"name\":\"f\"}],\"tool_choice\":{\"type\":\"any\"}}",
+                 400, "tool_choice");
+    expect_error("/v1/messages",
+                 "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"tool_use\"}]}],"
+                 "\"max_tokens\":4}",
+                 400, "messages[0].content[0]");
+}
+
 /* With no decode worker the API answers 503 with the error object. */
 static void test_no_workers(void)
 {
@@ -1219,6 +1268,7 @@ int main(void)
     DS4_RUN(test_shed);
     DS4_RUN(test_deadline);
     DS4_RUN(test_anthropic);
+    DS4_RUN(test_anthropic_tools);
     DS4_RUN(test_no_workers);
     ds4_rpc_channel_destroy(ch);
     while (ds4_rpc_ctx_live_objects(ctx) > 0)
