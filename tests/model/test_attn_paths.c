@@ -306,10 +306,10 @@ static int run_case(const qcase_t *cs)
 
     ds4__attn_seg_t segs[3] = {
         {.n = nw, .kt = wt + w0, .ld = L, .tile_stride = 64, .kr = wr + w0 * hd,
-         .exact = ds4__attn_keys_exact(wr + w0 * hd, nw * hd)},
+         .exact = ds4__attn_keys_exact(DS4__ATTN_ISA_C, wr + w0 * hd, nw * hd)},
         {.n = win - nw},
         {.n = cs->n_comp, .kt = ct, .ld = 64, .tile_stride = 64 * (int64_t)hd, .kr = cr,
-         .exact = ds4__attn_keys_exact(cr, cs->n_comp * hd)},
+         .exact = ds4__attn_keys_exact(DS4__ATTN_ISA_C, cr, cs->n_comp * hd)},
     };
     n_exact_runs += segs[0].exact + segs[2].exact;
     ds4__attn_shape_t sh = {.n_heads = H, .head_dim = hd,
@@ -385,12 +385,30 @@ static void test_query_levels(void)
 
 static void test_keys_exact(void)
 {
-    float ok[] = {0.0f, -0.0f, 1.0f, -3.5f, 0x1p-20f, -0x1p-20f, 0x1.fep127f, 0.15625f};
-    DS4_CHECK(ds4__attn_keys_exact(ok, 8));
-    float bad[][1] = {{0x1p-21f}, {1.0f + 0x1p-8f}, {INFINITY}, {NAN}, {0x1p-140f}};
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        DS4_CHECKF(!ds4__attn_keys_exact(bad[i], 1), "value %zu taken as exact", i);
-    DS4_CHECK(ds4__attn_keys_exact(ok, 0));
+    float ok[40];
+    static const float okv[] = {0.0f,     -0.0f,     1.0f,         -3.5f,
+                                0x1p-20f, -0x1p-20f, 0x1.fep127f, 0.15625f};
+    for (int i = 0; i < 40; i++)
+        ok[i] = okv[i % 8];
+    static const float badv[] = {0x1p-21f, 1.0f + 0x1p-8f, INFINITY, NAN, 0x1p-140f, -0x1p-30f};
+    for (int isa = 0; isa < DS4__ATTN_ISA_COUNT; isa++) {
+        if (!ds4__attn_isa_supported((ds4__attn_isa_t)isa))
+            continue;
+        DS4_CHECK(ds4__attn_keys_exact((ds4__attn_isa_t)isa, ok, 40));
+        DS4_CHECK(ds4__attn_keys_exact((ds4__attn_isa_t)isa, ok, 0));
+        for (size_t i = 0; i < sizeof(badv) / sizeof(badv[0]); i++) {
+            for (int pos = 0; pos < 40; pos += 13) {
+                float v[40];
+                memcpy(v, ok, sizeof(v));
+                v[pos] = badv[i];
+                DS4_CHECKF(!ds4__attn_keys_exact((ds4__attn_isa_t)isa, v, 40),
+                           "%s: value %zu at %d taken as exact",
+                           ds4__attn_isa_name((ds4__attn_isa_t)isa), i, pos);
+                /* outside the range: not looked at */
+                DS4_CHECK(ds4__attn_keys_exact((ds4__attn_isa_t)isa, v, pos) || pos == 0);
+            }
+        }
+    }
 }
 
 /* ---------------- sequential dots (hc mixes) ---------------- */

@@ -672,7 +672,7 @@ void ds4__attn_pv(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const float 
     (exact ? k.pv_exact : k.pv)(sh->n_heads, sh->head_dim, pb, ps, n, kr, acc);
 }
 
-bool ds4__attn_keys_exact(const float *x, int64_t n)
+static bool keys_exact_c(const float *x, int64_t n)
 {
     uint32_t bad = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -684,6 +684,36 @@ bool ds4__attn_keys_exact(const float *x, int64_t n)
                (uint32_t)(a != 0 && a < EXACT_KEY_MIN);
     }
     return bad == 0;
+}
+
+#ifdef ATTN_X86
+__attribute__((target("avx512f"))) static bool keys_exact_avx512(const float *x, int64_t n)
+{
+    const __m512i abs = _mm512_set1_epi32(0x7fffffff), lo = _mm512_set1_epi32(0xffff);
+    const __m512i inf = _mm512_set1_epi32(0x7f800000);
+    const __m512i kmin = _mm512_set1_epi32((int)EXACT_KEY_MIN), zero = _mm512_setzero_si512();
+    __mmask16 bad = 0;
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = lanes16(n - i);
+        __m512i u = _mm512_maskz_loadu_epi32(k, x + i);
+        __m512i a = _mm512_and_si512(u, abs);
+        bad |= _mm512_mask_test_epi32_mask(k, u, lo);
+        bad |= _mm512_mask_cmpge_epu32_mask(k, a, inf);
+        bad |= _mm512_mask_cmpneq_epi32_mask(k, a, zero) &
+               _mm512_mask_cmplt_epu32_mask(k, a, kmin);
+    }
+    return bad == 0;
+}
+#endif
+
+bool ds4__attn_keys_exact(ds4__attn_isa_t isa, const float *x, int64_t n)
+{
+    DS4_ASSERT(ds4__attn_isa_supported(isa));
+#ifdef ATTN_X86
+    if (isa == DS4__ATTN_ISA_AVX512)
+        return keys_exact_avx512(x, n);
+#endif
+    return keys_exact_c(x, n);
 }
 
 /* ---------------- one query ---------------- */

@@ -52,7 +52,7 @@ typedef struct ds4__attn_seg {
  * product with a bf16 value of magnitude 0 or in [2^-100, 1] then has at most 16 significant
  * bits and stays normal, so it is exact in fp32 and double FMA equals mul-then-add (the
  * engine's keys: e4m3 x 2^k and bf16 values). */
-bool ds4__attn_keys_exact(const float *x, int64_t n);
+bool ds4__attn_keys_exact(ds4__attn_isa_t isa, const float *x, int64_t n);
 
 typedef struct ds4__attn_shape {
     int n_heads;

@@ -85,9 +85,10 @@ static void attn_rows(void *arg, size_t begin, size_t end, int thread_index)
                 ds4__kv_row_decode(c, j->ls->comp + (int64_t)g * j->m->row_bytes, kr + i * hd);
             }
             transpose_tiles(kr, ns, hd, kt);
+            bool exact = ds4__attn_keys_exact(j->isa, kr, (int64_t)ns * hd);
             segs[2] = (ds4__attn_seg_t){.n = ns, .kt = kt, .ld = DS4__ATTN_TILE,
                                         .tile_stride = (int64_t)DS4__ATTN_TILE * hd, .kr = kr,
-                                        .exact = ds4__attn_keys_exact(kr, (int64_t)ns * hd)};
+                                        .exact = exact};
         }
         ds4__attn_query(j->isa, &sh, segs, 3, j->q + (int64_t)t * H * hd,
                         j->o + (int64_t)t * H * hd, scratch);
@@ -193,11 +194,12 @@ ds4_status_t ds4__attention(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, 
     for (int64_t g = 0; g < n_cr; g++)
         ds4__kv_row_decode(c, ls->comp + g * m->row_bytes, cr + g * hd);
     transpose_tiles(cr, n_cr, hd, ct);
+    ds4__attn_isa_t isa = ds4__attn_isa_select();
     attn_job_t job = {.m = m, .L = L, .ls = ls, .T = T, .p0 = p0, .q = q, .sel = sel,
-                      .n_sel = n_sel, .o = o, .isa = ds4__attn_isa_select(), .wbase = p0 - n_old,
+                      .n_sel = n_sel, .o = o, .isa = isa, .wbase = p0 - n_old,
                       .wlen = wlen, .wr = wr, .wt = wt, .n_cr = n_cr, .cr = cr, .ct = ct,
-                      .wr_exact = ds4__attn_keys_exact(wr, wlen * hd),
-                      .cr_exact = ds4__attn_keys_exact(cr, n_cr * hd)};
+                      .wr_exact = ds4__attn_keys_exact(isa, wr, wlen * hd),
+                      .cr_exact = ds4__attn_keys_exact(isa, cr, n_cr * hd)};
     m->ops->parallel_for(m->be, (size_t)T, attn_rows, &job);
     /* ring update after every query of the chunk has read the old rows */
     for (int64_t t = (T > win ? T - win : 0); t < T; t++)
