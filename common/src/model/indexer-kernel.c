@@ -197,47 +197,93 @@ void ds4__idxk_queries_set(ds4__idxk_queries_t *q, int64_t r, int h, const uint8
     q->fscale[qi] = fp4_scale((uint8_t)smin);
 }
 
-/* Portable level: the per-block arithmetic of the SIMD levels, one key at a time (the offset
- * values and the correction cancel exactly in int32). It does not need the whole-dot fast path:
- * that path gives the same values (see the header). */
-void ds4__idxk_rows_portable(const ds4__idxk_job_t *job, int64_t r0, int64_t r1)
+/* Portable level: the arithmetic of the SIMD levels written over the 16 lanes of a tile (plain
+ * loops the compiler may vectorise): per-block sums on any tile form, the whole-dot path on
+ * shifted tiles and rows (the offset values and the correction cancel exactly in int32). */
+static void portable_tile(const ds4__idxk_job_t *job, int64_t t, int64_t r, float *score)
 {
     const ds4__idxk_keys_t *K = job->keys;
     const ds4__idxk_queries_t *Q = job->q;
-    const int dim = K->dim, nb = dim / DS4__IDXK_BLOCK, nh = Q->n_heads, L = DS4__IDXK_TILE;
-    const int topk = job->topk;
-    for (int64_t r = r0; r < r1; r++) {
-        const int64_t nv = job->n_visible[r];
-        int32_t *sel = job->sel + r * topk;
-        float *best = job->best + r * topk;
-        int k = 0;
-        for (int64_t g = 0; g < nv; g++) {
-            int64_t t = g / L;
-            int l = (int)(g % L);
-            const uint8_t *tv = K->vals + t * (int64_t)dim * L;
-            const float *ts = K->scale + t * (int64_t)nb * L;
-            float score = 0.0f;
-            for (int h = 0; h < nh; h++) {
-                int64_t qi = r * nh + h;
-                const int8_t *qv = Q->vals + qi * dim;
-                float s = 0.0f;
-                const int32_t cm = K->fast[t] ? DS4__IDXK_FOFF / DS4__IDXK_KOFF : 1;
-                for (int b = 0; b < nb; b++) {
-                    int32_t acc = cm * Q->corr[qi * nb + b];
-                    for (int i = b * DS4__IDXK_BLOCK; i < (b + 1) * DS4__IDXK_BLOCK; i++)
-                        acc += (int32_t)tv[((int64_t)(i / 4) * L + l) * 4 + (i & 3)] * qv[i];
-                    float x = (float)acc * ts[b * L + l];
-                    x = x * Q->scale[qi * nb + b];
-                    s = b == 0 ? x : s + x;
-                }
-                float d = ds4_round_bf16(s);
-                if (d < 0.0f)
-                    d = 0.0f;
-                score = score + ds4_round_bf16(d * job->w[qi]);
+    const int dim = K->dim, nb = dim / DS4__IDXK_BLOCK, nh = Q->n_heads;
+    enum { L = DS4__IDXK_TILE };
+    const uint8_t *tv = K->vals + t * (int64_t)dim * L;
+    const float *ts = K->scale + t * (int64_t)nb * L;
+    const bool fast = K->fast[t] != 0 && Q->row_fast[r] != 0;
+    const int32_t cm = K->fast[t] ? DS4__IDXK_FOFF / DS4__IDXK_KOFF : 1;
+    for (int l = 0; l < L; l++)
+        score[l] = 0.0f;
+    for (int h = 0; h < nh; h++) {
+        const int64_t qi = r * nh + h;
+        float s[L];
+        int32_t acc[L];
+        if (fast) {
+            const int8_t *qv = Q->fvals + qi * dim;
+            for (int l = 0; l < L; l++)
+                acc[l] = Q->fcorr[qi];
+            for (int j = 0; j < dim / 4; j++) {
+                const uint8_t *kv = tv + (int64_t)j * 4 * L;
+                const int32_t q0 = qv[4 * j], q1 = qv[4 * j + 1], q2 = qv[4 * j + 2],
+                              q3 = qv[4 * j + 3];
+                for (int l = 0; l < L; l++)
+                    acc[l] += kv[4 * l] * q0 + kv[4 * l + 1] * q1 + kv[4 * l + 2] * q2 +
+                              kv[4 * l + 3] * q3;
             }
-            ds4__idxk_insert(sel, best, &k, topk, (int32_t)g, ds4_round_bf16(score));
+            for (int l = 0; l < L; l++)
+                s[l] = (float)acc[l] * ts[l] * Q->fscale[qi];
+        } else {
+            const int8_t *qv = Q->vals + qi * dim;
+            for (int b = 0; b < nb; b++) {
+                for (int l = 0; l < L; l++)
+                    acc[l] = cm * Q->corr[qi * nb + b];
+                for (int j = b * 8; j < b * 8 + 8; j++) {
+                    const uint8_t *kv = tv + (int64_t)j * 4 * L;
+                    const int32_t q0 = qv[4 * j], q1 = qv[4 * j + 1], q2 = qv[4 * j + 2],
+                                  q3 = qv[4 * j + 3];
+                    for (int l = 0; l < L; l++)
+                        acc[l] += kv[4 * l] * q0 + kv[4 * l + 1] * q1 + kv[4 * l + 2] * q2 +
+                                  kv[4 * l + 3] * q3;
+                }
+                const float qs = Q->scale[qi * nb + b];
+                for (int l = 0; l < L; l++) {
+                    float x = (float)acc[l] * ts[b * L + l];
+                    x = x * qs;
+                    s[l] = b == 0 ? x : s[l] + x;
+                }
+            }
         }
-        job->n_sel[r] = k;
+        const float w = job->w[qi];
+        for (int l = 0; l < L; l++) {
+            float d = ds4_round_bf16(s[l]);
+            if (d < 0.0f)
+                d = 0.0f;
+            score[l] = score[l] + ds4_round_bf16(d * w);
+        }
+    }
+    for (int l = 0; l < L; l++)
+        score[l] = ds4_round_bf16(score[l]);
+}
+
+void ds4__idxk_rows_portable(const ds4__idxk_job_t *job, int64_t r0, int64_t r1)
+{
+    const int topk = job->topk, L = DS4__IDXK_TILE;
+    for (int64_t r = r0; r < r1; r++)
+        job->n_sel[r] = 0;
+    const int64_t n_tiles = (job->n_visible[r1 - 1] + L - 1) / L;
+    for (int64_t t = 0; t < n_tiles; t++) {
+        for (int64_t r = r0; r < r1; r++) {
+            const int64_t nv = job->n_visible[r];
+            if (t * L >= nv)
+                continue;
+            float score[DS4__IDXK_TILE];
+            portable_tile(job, t, r, score);
+            int32_t *sel = job->sel + r * topk;
+            float *best = job->best + r * topk;
+            int k = job->n_sel[r];
+            int n = nv - t * L < L ? (int)(nv - t * L) : L;
+            for (int l = 0; l < n; l++)
+                ds4__idxk_insert(sel, best, &k, topk, (int32_t)(t * L + l), score[l]);
+            job->n_sel[r] = k;
+        }
     }
 }
 
