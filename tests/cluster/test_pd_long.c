@@ -6,7 +6,9 @@
  *
  * The reference is computed in this process after the cluster run, unless DS4_PD_LONG_EXPECT
  * holds the 8 tokens ("a,b,...") that `bench-engine --long N` (bench/engine: the same prompt,
- * single-process engine) printed for the same N — that saves one 1M-token prefill.
+ * single-process engine) printed for the same N — that saves one 1M-token prefill — or
+ * DS4_PD_LONG_EXPECT_FILE names the output file of such a bench-engine run going on beside
+ * this test (its "long greedy tokens" line is awaited after the cluster run, up to 4 h).
  */
 #include <signal.h>
 #include <stdio.h>
@@ -84,6 +86,19 @@ int main(void)
     size_t n_ref = 0;
     double t0 = ds4_clock_now_s(), t_ref = 0.0;
     const char *expect = getenv("DS4_PD_LONG_EXPECT");
+    const char *expect_file = getenv("DS4_PD_LONG_EXPECT_FILE");
+    static char expect_line[512];
+    const char *tag = "long greedy tokens (DS4_PD_LONG_EXPECT):";
+    for (int waited = 0; expect == NULL && expect_file != NULL && waited < 4 * 3600; waited++) {
+        FILE *f = fopen(expect_file, "r");
+        while (f != NULL && fgets(expect_line, sizeof(expect_line), f) != NULL)
+            if (strncmp(expect_line, tag, strlen(tag)) == 0)
+                expect = expect_line + strlen(tag);
+        if (f != NULL)
+            fclose(f);
+        if (expect == NULL)
+            sleep(1);
+    }
     if (expect != NULL) {
         for (const char *p = expect; *p != '\0' && n_ref < 16;) {
             char *end;
@@ -93,8 +108,9 @@ int main(void)
             ref[n_ref++] = (int32_t)v;
             p = *end == ',' ? end + 1 : end;
         }
-        printf("pd-long: reference tokens from DS4_PD_LONG_EXPECT (bench-engine --long %u)\n",
-               tokens);
+        printf("pd-long: reference tokens from %s (bench-engine --long %u):%s%s",
+               expect_file != NULL ? expect_file : "DS4_PD_LONG_EXPECT", tokens, expect,
+               strchr(expect, '\n') != NULL ? "" : "\n");
     } else {
         DS4_CHECK(pdh_ref_generate(g, ref, &n_ref));
         t_ref = ds4_clock_now_s() - t0;
