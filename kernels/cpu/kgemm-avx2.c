@@ -83,13 +83,121 @@ TGT_INLINE void transpose8(const __m256 r[8], __m256 c[8])
     }
 }
 
+/* 8 inputs of act_quant with the scalar code's operations (see the AVX-512 level). */
+TGT_INLINE __m256 quant8(__m256 v, __m256 vinv, __m256 vs)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 q = _mm256_mul_ps(v, vinv);
+    q = _mm256_max_ps(_mm256_set1_ps(-448.0f), _mm256_min_ps(_mm256_set1_ps(448.0f), q));
+    __m256 sub = _mm256_cmp_ps(_mm256_and_ps(q, absmask), _mm256_set1_ps(0.015625f), _CMP_LT_OQ);
+    __m256 rs = _mm256_round_ps(_mm256_mul_ps(q, _mm256_set1_ps(512.0f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    rs = _mm256_mul_ps(rs, _mm256_set1_ps(1.0f / 512.0f));
+    __m256i u = _mm256_castps_si256(q);
+    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 20), _mm256_set1_epi32(1));
+    u = _mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7ffff)));
+    u = _mm256_and_si256(u, _mm256_set1_epi32((int)0xfff00000u));
+    return _mm256_mul_ps(_mm256_blendv_ps(_mm256_castsi256_ps(u), rs, sub), vs);
+}
+
+/* ds4_act_quant_fp8 without codes, 8 lanes at a time; a ragged tail goes through a zero-padded
+ * copy (zeros change neither the block's amax nor the other lanes). */
+TGT static void act_quant_avx2(const float *x, int64_t n, int block, float *out)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t b0 = 0; b0 < n; b0 += block) {
+        int64_t len = block < n - b0 ? block : n - b0;
+        int64_t full = len / 8 * 8;
+        float tail[8] = {0};
+        memcpy(tail, x + b0 + full, (size_t)(len - full) * sizeof(float));
+        /* max_ps returns its second operand when the first is NaN: NaN never enters amax */
+        __m256 amax = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(tail), absmask),
+                                    _mm256_setzero_ps());
+        for (int64_t i = 0; i < full; i += 8)
+            amax = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + b0 + i), absmask), amax);
+        float lanes[8], m = 0.0f;
+        _mm256_storeu_ps(lanes, amax);
+        for (int i = 0; i < 8; i++)
+            m = lanes[i] > m ? lanes[i] : m;
+        float s, inv_s;
+        ds4__act_scale_fp8(m, &s, &inv_s);
+        const __m256 vs = _mm256_set1_ps(s), vinv = _mm256_set1_ps(inv_s);
+        for (int64_t i = 0; i < full; i += 8)
+            _mm256_storeu_ps(out + b0 + i, quant8(_mm256_loadu_ps(x + b0 + i), vinv, vs));
+        if (full < len) {
+            _mm256_storeu_ps(tail, quant8(_mm256_loadu_ps(tail), vinv, vs));
+            memcpy(out + b0 + full, tail, (size_t)(len - full) * sizeof(float));
+        }
+    }
+}
+
+/* Full 8 rows x 8 inputs of an FP8 weight (one scale for the strip), dequantised and
+ * transposed to dst[i * KGEMM_NR + t]. */
+TGT_INLINE void tile8_fp8(const uint8_t *src, int64_t k, __m256 s, float *dst)
+{
+    __m256 r[8], c[8];
+#pragma GCC unroll 8
+    for (int t = 0; t < 8; t++) {
+        __m128i bytes = _mm_loadl_epi64((const __m128i *)(src + t * k));
+        r[t] = e4m3_decode(_mm256_cvtepu8_epi32(bytes));
+    }
+    transpose8(r, c);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        _mm256_store_ps(dst + i * KGEMM_NR, _mm256_mul_ps(c[i], s));
+}
+
+/* Full 8 rows x 8 inputs of an FP4 weight (rows kp bytes apart; s: the 8 rows' scales). */
+TGT_INLINE void tile8_fp4(const uint8_t *src, int64_t kp, __m256 s, float *dst)
+{
+    const __m256 table = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4);
+    __m256 r[8], c[8];
+#pragma GCC unroll 8
+    for (int t = 0; t < 8; t++) {
+        int32_t word;
+        memcpy(&word, src + t * kp, 4);
+        __m128i bytes = _mm_cvtsi32_si128(word);
+        __m256i d = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(bytes, bytes));
+        __m256i code = _mm256_and_si256(_mm256_srlv_epi32(d, shifts), _mm256_set1_epi32(15));
+        __m256 mag = _mm256_permutevar8x32_ps(table, code);
+        __m256i sign = _mm256_slli_epi32(_mm256_and_si256(code, _mm256_set1_epi32(8)), 28);
+        r[t] = _mm256_or_ps(mag, _mm256_castsi256_ps(sign));
+    }
+    transpose8(r, c);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        _mm256_store_ps(dst + i * KGEMM_NR, _mm256_mul_ps(c[i], s));
+}
+
 TGT static void pack_w_avx2(const ds4_weight_t *w, int64_t r0, int64_t nr, int64_t k0,
                             int64_t kl, float *wp)
 {
+    int64_t k = w->k;
     int64_t n_panels = (nr + KGEMM_NR - 1) / KGEMM_NR;
     for (int64_t q = 0; q < n_panels * 4; q++) {
         float *dst = wp + (q / 4) * kl * KGEMM_NR + (q % 4) * 8;
-        for (int64_t i0 = 0; i0 < kl; i0 += 8) {
+        int64_t row0 = r0 + q * 8;
+        bool full_rows = q * 8 + 8 <= nr;
+        int64_t i0 = 0;
+        if (full_rows && w->type == DS4_W_FP8) {
+            /* k0 is block aligned and kl <= 128: one scale for the whole 8-row strip */
+            __m256 s = _mm256_set1_ps(
+                ds4_e8m0_to_f32(w->scale[(row0 / 128) * ((k + 127) / 128) + k0 / 128]));
+            const uint8_t *src = (const uint8_t *)w->data + row0 * k + k0;
+            for (; i0 + 8 <= kl; i0 += 8)
+                tile8_fp8(src + i0, k, s, dst + i0 * KGEMM_NR);
+        } else if (full_rows) {
+            const uint8_t *src = (const uint8_t *)w->data + row0 * (k / 2) + k0 / 2;
+            for (; i0 + 8 <= kl; i0 += 8) {
+                float sv[8];
+                for (int t = 0; t < 8; t++)
+                    sv[t] = ds4_e8m0_to_f32(w->scale[(row0 + t) * (k / 32) + (k0 + i0) / 32]);
+                tile8_fp4(src + i0 / 2, k / 2, _mm256_loadu_ps(sv), dst + i0 * KGEMM_NR);
+            }
+        }
+        /* ragged: rows past nr (zero) or a last partial 8 inputs (FP8 with k % 8 != 0) */
+        for (; i0 < kl; i0 += 8) {
             int64_t len = kl - i0 < 8 ? kl - i0 : 8;
             __m256 r[8], c[8];
             for (int t = 0; t < 8; t++) {
@@ -173,7 +281,7 @@ TGT static void kernel_avx2(const float *xp, int mr, int mr_used, const float *w
 const ds4__kgemm_ops_t ds4__kgemm_avx2 = {
     .name = "avx2",
     .mr = MR,
-    .act_quant = ds4__act_quant_row_c,
+    .act_quant = act_quant_avx2,
     .pack_x = ds4__kgemm_pack_x_c,
     .pack_w = pack_w_avx2,
     .kernel = kernel_avx2,
