@@ -411,6 +411,40 @@ static void test_keys_exact(void)
     }
 }
 
+static void test_transpose_levels(void)
+{
+    static const int shapes[][2] = {{64, 128}, {1, 128}, {7, 64}, {130, 48}, {71, 8}, {9, 20}};
+    int bad = 0;
+    for (size_t c = 0; c < sizeof(shapes) / sizeof(shapes[0]); c++) {
+        int n = shapes[c][0], hd = shapes[c][1];
+        int64_t tsz = (int64_t)(n + 63) / 64 * 64 * hd;
+        float *rows = ds4_malloc_array((size_t)(n * hd), sizeof(float));
+        float *t = ds4_malloc_array((size_t)tsz, sizeof(float));
+        DS4_CHECK(rows != NULL && t != NULL);
+        for (int i = 0; i < n * hd; i++)
+            rows[i] = rndf();
+        for (int isa = 0; isa < DS4__ATTN_ISA_COUNT; isa++) {
+            if (!ds4__attn_isa_supported((ds4__attn_isa_t)isa))
+                continue;
+            for (int64_t i = 0; i < tsz; i++)
+                t[i] = -7.0f; /* untouched slots stay */
+            ds4__attn_transpose_tiles((ds4__attn_isa_t)isa, rows, n, hd, t);
+            int diff = 0;
+            for (int64_t idx = 0; idx < tsz; idx++) {
+                int64_t r = idx / (64 * hd) * 64 + idx % 64, i = idx % (64 * hd) / 64;
+                float want = r < n ? rows[r * hd + i] : -7.0f;
+                diff += bits(t[idx]) != bits(want);
+            }
+            DS4_CHECKF(diff == 0, "transpose %s n %d hd %d: %d slots wrong",
+                       ds4__attn_isa_name((ds4__attn_isa_t)isa), n, hd, diff);
+            bad += diff != 0;
+        }
+        ds4_free(rows);
+        ds4_free(t);
+    }
+    DS4_CHECK(bad == 0);
+}
+
 /* ---------------- sequential dots (hc mixes) ---------------- */
 
 static void test_dots_levels(void)
@@ -614,6 +648,7 @@ int main(void)
                ds4__attn_isa_supported((ds4__attn_isa_t)isa) ? "runs here" : "not on this CPU");
     DS4_RUN(test_exp_levels);
     DS4_RUN(test_keys_exact);
+    DS4_RUN(test_transpose_levels);
     DS4_RUN(test_query_levels);
     DS4_RUN(test_dots_levels);
     DS4_RUN(test_elementwise_levels);

@@ -706,6 +706,65 @@ __attribute__((target("avx512f"))) static bool keys_exact_avx512(const float *x,
 }
 #endif
 
+static void transpose_tiles_c(const float *rows, int64_t r0, int64_t n, int hd, float *t)
+{
+    for (int64_t r = r0; r < n; r++) {
+        float *tt = t + (r / DS4__ATTN_TILE) * DS4__ATTN_TILE * hd + r % DS4__ATTN_TILE;
+        for (int i = 0; i < hd; i++)
+            tt[(int64_t)i * DS4__ATTN_TILE] = rows[r * hd + i];
+    }
+}
+
+#ifdef ATTN_X86
+/* 8 x 8 blocks (rows r..r+7 within one tile, elements i..i+7) transposed in registers */
+__attribute__((target("avx2"))) static void transpose_tiles_avx2(const float *rows, int64_t n,
+                                                                int hd, float *t)
+{
+    int64_t r = 0;
+    for (; r + 8 <= n; r += 8) {
+        float *tile = t + (r / DS4__ATTN_TILE) * DS4__ATTN_TILE * hd + r % DS4__ATTN_TILE;
+        for (int i = 0; i < hd; i += 8) {
+            const float *src = rows + r * hd + i;
+            __m256 a0 = _mm256_loadu_ps(src), a1 = _mm256_loadu_ps(src + hd);
+            __m256 a2 = _mm256_loadu_ps(src + 2 * hd), a3 = _mm256_loadu_ps(src + 3 * hd);
+            __m256 a4 = _mm256_loadu_ps(src + 4 * hd), a5 = _mm256_loadu_ps(src + 5 * hd);
+            __m256 a6 = _mm256_loadu_ps(src + 6 * hd), a7 = _mm256_loadu_ps(src + 7 * hd);
+            __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
+            __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
+            __m256 t4 = _mm256_unpacklo_ps(a4, a5), t5 = _mm256_unpackhi_ps(a4, a5);
+            __m256 t6 = _mm256_unpacklo_ps(a6, a7), t7 = _mm256_unpackhi_ps(a6, a7);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+            float *dst = tile + (int64_t)i * DS4__ATTN_TILE;
+            _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(dst + DS4__ATTN_TILE, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(dst + 2 * DS4__ATTN_TILE, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(dst + 3 * DS4__ATTN_TILE, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(dst + 4 * DS4__ATTN_TILE, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(dst + 5 * DS4__ATTN_TILE, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(dst + 6 * DS4__ATTN_TILE, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(dst + 7 * DS4__ATTN_TILE, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+    }
+    transpose_tiles_c(rows, r, n, hd, t);
+}
+#endif
+
+void ds4__attn_transpose_tiles(ds4__attn_isa_t isa, const float *rows, int64_t n, int hd,
+                               float *t)
+{
+    DS4_ASSERT(ds4__attn_isa_supported(isa));
+#ifdef ATTN_X86
+    if (isa != DS4__ATTN_ISA_C && hd % 8 == 0 && ds4__attn_isa_supported(DS4__ATTN_ISA_AVX2)) {
+        transpose_tiles_avx2(rows, n, hd, t);
+        return;
+    }
+#endif
+    transpose_tiles_c(rows, 0, n, hd, t);
+}
+
 bool ds4__attn_keys_exact(ds4__attn_isa_t isa, const float *x, int64_t n)
 {
     DS4_ASSERT(ds4__attn_isa_supported(isa));

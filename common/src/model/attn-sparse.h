@@ -54,6 +54,11 @@ typedef struct ds4__attn_seg {
  * engine's keys: e4m3 x 2^k and bf16 values). */
 bool ds4__attn_keys_exact(ds4__attn_isa_t isa, const float *x, int64_t n);
 
+/* rows[n][hd] -> tiles of 64 rows: t[(r / 64) * 64 * hd + i * 64 + r % 64] (a seg's kt with
+ * ld = 64, tile_stride = 64 * hd); other slots of t are left as they are. */
+void ds4__attn_transpose_tiles(ds4__attn_isa_t isa, const float *rows, int64_t n, int hd,
+                               float *t);
+
 typedef struct ds4__attn_shape {
     int n_heads;
     int head_dim;

@@ -39,16 +39,6 @@ typedef struct attn_job {
     bool wr_exact, cr_exact; /* ds4__attn_keys_exact of wr / cr */
 } attn_job_t;
 
-/* Transposes rows[n][hd] into tiles of 64 rows: t[(r / 64) * 64 * hd + i * 64 + r % 64]. */
-static void transpose_tiles(const float *rows, int64_t n, int hd, float *t)
-{
-    for (int64_t r = 0; r < n; r++) {
-        float *tt = t + (r / DS4__ATTN_TILE) * DS4__ATTN_TILE * hd + r % DS4__ATTN_TILE;
-        for (int i = 0; i < hd; i++)
-            tt[(int64_t)i * DS4__ATTN_TILE] = rows[r * hd + i];
-    }
-}
-
 static void attn_rows(void *arg, size_t begin, size_t end, int thread_index)
 {
     attn_job_t *j = arg;
@@ -84,7 +74,7 @@ static void attn_rows(void *arg, size_t begin, size_t end, int thread_index)
                 int32_t g = j->sel[(int64_t)t * topk + i];
                 ds4__kv_row_decode(c, j->ls->comp + (int64_t)g * j->m->row_bytes, kr + i * hd);
             }
-            transpose_tiles(kr, ns, hd, kt);
+            ds4__attn_transpose_tiles(j->isa, kr, ns, hd, kt);
             bool exact = ds4__attn_keys_exact(j->isa, kr, (int64_t)ns * hd);
             segs[2] = (ds4__attn_seg_t){.n = ns, .kt = kt, .ld = DS4__ATTN_TILE,
                                         .tile_stride = (int64_t)DS4__ATTN_TILE * hd, .kr = kr,
@@ -170,6 +160,7 @@ ds4_status_t ds4__attention(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, 
             goto out;
     }
     /* the chunk's keys, decoded once (see attn_job_t) */
+    ds4__attn_isa_t isa = ds4__attn_isa_select();
     int64_t n_old = p0 < win - 1 ? p0 : win - 1;
     int64_t wlen = n_old + T;
     int64_t n_cr = L->kind == DS4_LAYER_HCA ? (p0 + T) / L->ratio : 0;
@@ -193,8 +184,7 @@ ds4_status_t ds4__attention(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, 
             wt[i * wlen + r] = wr[r * hd + i];
     for (int64_t g = 0; g < n_cr; g++)
         ds4__kv_row_decode(c, ls->comp + g * m->row_bytes, cr + g * hd);
-    transpose_tiles(cr, n_cr, hd, ct);
-    ds4__attn_isa_t isa = ds4__attn_isa_select();
+    ds4__attn_transpose_tiles(isa, cr, n_cr, hd, ct);
     attn_job_t job = {.m = m, .L = L, .ls = ls, .T = T, .p0 = p0, .q = q, .sel = sel,
                       .n_sel = n_sel, .o = o, .isa = isa, .wbase = p0 - n_old,
                       .wlen = wlen, .wr = wr, .wt = wt, .n_cr = n_cr, .cr = cr, .ct = ct,
