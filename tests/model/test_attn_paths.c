@@ -445,6 +445,44 @@ static void test_transpose_levels(void)
     DS4_CHECK(bad == 0);
 }
 
+/* KV row decode (ops.c) at every level against the scalar decode: every e4m3 byte, every
+ * scale byte (0 and 0xff included), random bf16 rope values; V4 and tiny row shapes */
+static void test_kv_decode_levels(void)
+{
+    static const int shapes[][2] = {{128, 64}, {512, 64}};
+    int bad = 0;
+    for (int c = 0; c < 2; c++) {
+        ds4_model_config_t cfg;
+        memset(&cfg, 0, sizeof(cfg));
+        cfg.head_dim = shapes[c][0];
+        cfg.rope_head_dim = shapes[c][1];
+        int nope = cfg.head_dim - cfg.rope_head_dim, rb = nope + nope / 64 + 2 * 64;
+        uint8_t row[1024];
+        float want[512], got[512];
+        for (int it = 0; it < 600; it++) {
+            for (int i = 0; i < nope; i++)
+                row[i] = (uint8_t)(it < 256 ? (it + i) & 255 : rnd32() & 255);
+            for (int b = 0; b < nope / 64; b++)
+                row[nope + b] = (uint8_t)(it < 256 ? (it * 7 + b) & 255 : 100 + rnd32() % 40);
+            for (int i = nope + nope / 64; i < rb; i++)
+                row[i] = (uint8_t)rnd32();
+            ds4__kv_row_decode(&cfg, row, want);
+            for (int isa = 0; isa < DS4__ATTN_ISA_COUNT; isa++) {
+                if (!ds4__attn_isa_supported((ds4__attn_isa_t)isa))
+                    continue;
+                ds4__kv_row_decode_isa((ds4__attn_isa_t)isa, &cfg, row, got);
+                int diff = 0;
+                for (int i = 0; i < cfg.head_dim; i++)
+                    diff += bits(got[i]) != bits(want[i]);
+                DS4_CHECKF(diff == 0, "kv decode %s hd %d row %d: %d values differ",
+                           ds4__attn_isa_name((ds4__attn_isa_t)isa), cfg.head_dim, it, diff);
+                bad += diff != 0;
+            }
+        }
+    }
+    DS4_CHECK(bad == 0);
+}
+
 /* ---------------- sequential dots (hc mixes) ---------------- */
 
 static void test_dots_levels(void)
@@ -649,6 +687,7 @@ int main(void)
     DS4_RUN(test_exp_levels);
     DS4_RUN(test_keys_exact);
     DS4_RUN(test_transpose_levels);
+    DS4_RUN(test_kv_decode_levels);
     DS4_RUN(test_query_levels);
     DS4_RUN(test_dots_levels);
     DS4_RUN(test_elementwise_levels);

@@ -72,7 +72,8 @@ static void attn_rows(void *arg, size_t begin, size_t end, int thread_index)
             int ns = j->n_sel[t];
             for (int i = 0; i < ns; i++) {
                 int32_t g = j->sel[(int64_t)t * topk + i];
-                ds4__kv_row_decode(c, j->ls->comp + (int64_t)g * j->m->row_bytes, kr + i * hd);
+                ds4__kv_row_decode_isa(j->isa, c, j->ls->comp + (int64_t)g * j->m->row_bytes,
+                                       kr + i * hd);
             }
             ds4__attn_transpose_tiles(j->isa, kr, ns, hd, kt);
             bool exact = ds4__attn_keys_exact(j->isa, kr, (int64_t)ns * hd);
@@ -183,7 +184,7 @@ ds4_status_t ds4__attention(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, 
         for (int i = 0; i < hd; i++)
             wt[i * wlen + r] = wr[r * hd + i];
     for (int64_t g = 0; g < n_cr; g++)
-        ds4__kv_row_decode(c, ls->comp + g * m->row_bytes, cr + g * hd);
+        ds4__kv_row_decode_isa(isa, c, ls->comp + g * m->row_bytes, cr + g * hd);
     ds4__attn_transpose_tiles(isa, cr, n_cr, hd, ct);
     attn_job_t job = {.m = m, .L = L, .ls = ls, .T = T, .p0 = p0, .q = q, .sel = sel,
                       .n_sel = n_sel, .o = o, .isa = isa, .wbase = p0 - n_old,

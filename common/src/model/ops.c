@@ -649,6 +649,61 @@ void ds4__kv_row_decode(const ds4_model_config_t *c, const uint8_t *row, float *
         vals[nope + i] = ds4_bf16_to_f32((uint16_t)(rp[2 * i] | (rp[2 * i + 1] << 8)));
 }
 
+#ifdef OPS_X86
+/* ds4_e4m3_to_f32 on 16 bytes by the same bit construction (normal: rebias, subnormal:
+ * man * 2^-9 with the sign, 0x7f/0xff: NaN) */
+__attribute__((target("avx512f"))) static inline __m512 e4m3_avx512(__m128i bytes)
+{
+    __m512i b = _mm512_cvtepu8_epi32(bytes);
+    __m512i sign = _mm512_slli_epi32(_mm512_srli_epi32(b, 7), 31);
+    __m512i ex = _mm512_and_si512(_mm512_srli_epi32(b, 3), _mm512_set1_epi32(15));
+    __m512i man = _mm512_and_si512(b, _mm512_set1_epi32(7));
+    __m512i normal = _mm512_or_si512(
+        sign, _mm512_or_si512(_mm512_slli_epi32(_mm512_add_epi32(ex, _mm512_set1_epi32(120)), 23),
+                              _mm512_slli_epi32(man, 20)));
+    __m512i sub = _mm512_or_si512(
+        sign, _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(man), _mm512_set1_ps(0x1p-9f))));
+    __m512i v = _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(ex, _mm512_setzero_si512()),
+                                        normal, sub);
+    __mmask16 nan = _mm512_cmpeq_epi32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7f)),
+                                            _mm512_set1_epi32(0x7f));
+    return _mm512_mask_blend_ps(nan, _mm512_castsi512_ps(v), _mm512_set1_ps(NAN));
+}
+
+__attribute__((target("avx512f"))) static void kv_row_decode_avx512(const ds4_model_config_t *c,
+                                                                    const uint8_t *row,
+                                                                    float *vals)
+{
+    int hd = c->head_dim, rd = c->rope_head_dim, nope = hd - rd;
+    const uint8_t *sc = row + nope;
+    for (int i = 0; i < nope; i += 16) {
+        __m512 s = _mm512_set1_ps(ds4_e8m0_to_f32(sc[i / DS4_KV_FP8_BLOCK]));
+        __m512 v = e4m3_avx512(_mm_loadu_si128((const __m128i *)(row + i)));
+        _mm512_storeu_ps(vals + i, _mm512_mul_ps(v, s));
+    }
+    const uint8_t *rp = row + nope + nope / DS4_KV_FP8_BLOCK;
+    for (int i = 0; i < rd; i += 16) {
+        __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(rp + 2 * i)));
+        _mm512_storeu_si512(vals + nope + i, _mm512_slli_epi32(h, 16));
+    }
+}
+#endif
+
+void ds4__kv_row_decode_isa(ds4__attn_isa_t isa, const ds4_model_config_t *c,
+                            const uint8_t *row, float *vals)
+{
+#ifdef OPS_X86
+    int nope = c->head_dim - c->rope_head_dim;
+    if (isa == DS4__ATTN_ISA_AVX512 && nope % 16 == 0 && DS4_KV_FP8_BLOCK % 16 == 0 &&
+        c->rope_head_dim % 16 == 0) {
+        kv_row_decode_avx512(c, row, vals);
+        return;
+    }
+#endif
+    (void)isa;
+    ds4__kv_row_decode(c, row, vals);
+}
+
 void ds4__index_row_encode(const ds4_model_config_t *c, float *vals, uint8_t *row)
 {
     int n = c->index_head_dim;
