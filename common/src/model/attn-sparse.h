@@ -91,6 +91,10 @@ void ds4__dots_seq(ds4__attn_isa_t isa, const float *x, int64_t rows, int64_t n,
 struct ds4_model_config;
 void ds4__kv_row_decode_isa(ds4__attn_isa_t isa, const struct ds4_model_config *c,
                             const uint8_t *row, float *vals);
+/* ops.c: ds4__rope in two steps, so the cos/sin of a position serve several rows (q heads,
+ * kv, output): cs/sn[rd/2] of position pos, then the rotation (same values as ds4__rope). */
+void ds4__rope_table(int rd, const float *freqs, int64_t pos, float *cs, float *sn);
+void ds4__rope_apply(float *x, int rd, const float *cs, const float *sn, bool inverse);
 /* y[e] = ds4__exp_ref(x[e]) for e < n. */
 void ds4__attn_exp(ds4__attn_isa_t isa, const float *x, int64_t n, float *y);
 

@@ -110,11 +110,16 @@ ds4_status_t ds4__attention(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, 
     float *zg = ds4_malloc_array((size_t)(T * ol), sizeof(float));
     int32_t *sel = NULL, *n_sel = NULL;
     float *wr = NULL, *wt = NULL, *cr = NULL, *ct = NULL;
+    /* cos/sin of the chunk's positions, shared by the q heads, kv and the output rotation */
+    float *rcs = ds4_malloc_array((size_t)(T * (rd / 2)), sizeof(float));
+    float *rsn = ds4_malloc_array((size_t)(T * (rd / 2)), sizeof(float));
     if (qr == NULL || tmp == NULL || q == NULL || kv == NULL || rows == NULL || o == NULL ||
-        og == NULL || z == NULL || zg == NULL) {
+        og == NULL || z == NULL || zg == NULL || rcs == NULL || rsn == NULL) {
         st = DS4_ERR_NO_MEMORY;
         goto out;
     }
+    for (int64_t t = 0; t < T; t++)
+        ds4__rope_table(rd, freqs, p0 + t, rcs + t * (rd / 2), rsn + t * (rd / 2));
     /* q path */
     ds4__linear_bf16(m, &L->wq_a, T, x, tmp, 0);
     ds4__rmsnorm_rows(tmp, L->q_norm, T, ql, c->rms_norm_eps, qr);
@@ -129,13 +134,15 @@ ds4_status_t ds4__attention(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, 
         float rs = ds4_round_bf16(1.0f / sqrtf(ds4_round_bf16(mean + eps)));
         for (int k = 0; k < hd; k++)
             qh[k] = ds4_round_bf16(qh[k] * rs);
-        ds4__rope(qh + hd - rd, rd, freqs, p0 + i / H, false);
+        ds4__rope_apply(qh + hd - rd, rd, rcs + (i / H) * (rd / 2), rsn + (i / H) * (rd / 2),
+                        false);
     }
     /* kv path */
     ds4__linear_bf16(m, &L->wkv, T, x, tmp, 0);
     ds4__rmsnorm_rows(tmp, L->kv_norm, T, hd, c->rms_norm_eps, kv);
     for (int64_t t = 0; t < T; t++) {
-        ds4__rope(kv + t * hd + hd - rd, rd, freqs, p0 + t, false);
+        ds4__rope_apply(kv + t * hd + hd - rd, rd, rcs + t * (rd / 2), rsn + t * (rd / 2),
+                        false);
         ds4__kv_row_encode(c, kv + t * hd, rows + t * m->row_bytes);
     }
     /* compressed entries */
@@ -197,7 +204,8 @@ ds4_status_t ds4__attention(ds4_model_h m, ds4_seq_h s, const ds4_layer_w_t *L, 
         memcpy(ls->ring + ((p0 + t) % win) * m->row_bytes, rows + t * m->row_bytes,
                m->row_bytes);
     for (int64_t i = 0; i < T * H; i++)
-        ds4__rope(o + i * hd + hd - rd, rd, freqs, p0 + i / H, true);
+        ds4__rope_apply(o + i * hd + hd - rd, rd, rcs + (i / H) * (rd / 2),
+                        rsn + (i / H) * (rd / 2), true);
     /* grouped output projection: wo_a per group in bf16 (no activation quantisation) */
     for (int g = 0; g < G; g++) {
         for (int64_t t = 0; t < T; t++)
@@ -220,6 +228,8 @@ out:
     ds4_free(zg);
     ds4_free(sel);
     ds4_free(n_sel);
+    ds4_free(rcs);
+    ds4_free(rsn);
     ds4_free(wr);
     ds4_free(wt);
     ds4_free(cr);

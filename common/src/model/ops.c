@@ -239,17 +239,31 @@ void ds4__rope_freqs(const ds4_model_config_t *c, bool compressed, float *freqs)
     }
 }
 
-void ds4__rope(float *x, int rd, const float *freqs, int64_t pos, bool inverse)
+void ds4__rope_table(int rd, const float *freqs, int64_t pos, float *cs, float *sn)
 {
     for (int i = 0; i < rd / 2; i++) {
         float ang = (float)pos * freqs[i];
-        float cs = cosf(ang), sn = sinf(ang);
-        if (inverse)
-            sn = -sn;
-        float a = x[2 * i], b = x[2 * i + 1];
-        x[2 * i] = ds4_round_bf16(a * cs - b * sn);
-        x[2 * i + 1] = ds4_round_bf16(a * sn + b * cs);
+        cs[i] = cosf(ang);
+        sn[i] = sinf(ang);
     }
+}
+
+void ds4__rope_apply(float *x, int rd, const float *cs, const float *sn, bool inverse)
+{
+    for (int i = 0; i < rd / 2; i++) {
+        float c = cs[i], s = inverse ? -sn[i] : sn[i];
+        float a = x[2 * i], b = x[2 * i + 1];
+        x[2 * i] = ds4_round_bf16(a * c - b * s);
+        x[2 * i + 1] = ds4_round_bf16(a * s + b * c);
+    }
+}
+
+void ds4__rope(float *x, int rd, const float *freqs, int64_t pos, bool inverse)
+{
+    float cs[256], sn[256];
+    DS4_ASSERT(rd / 2 <= 256);
+    ds4__rope_table(rd, freqs, pos, cs, sn);
+    ds4__rope_apply(x, rd, cs, sn, inverse);
 }
 
 void ds4__hadamard_bf16(float *x, int n)
