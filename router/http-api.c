@@ -1,5 +1,5 @@
-/* The HTTP API front: routing, request life (parse → prepare → submit → sink → exchange end),
- * error objects, SSE framing, and the field parsers the OpenAI and Anthropic endpoints share. */
+/* The HTTP API front: routing, the request's life (parse, prepare, submit, sink, end of the
+ * exchange), error objects, SSE framing. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
