@@ -345,6 +345,41 @@ static void test_levels_agree_wide_exponents(void)
     case_free(&c);
 }
 
+/* Corrupt keys (scale byte 255 decodes to NaN, e.g. from a damaged imported state): no crash,
+ * every selection is a valid distinct visible key, and all levels agree. */
+static void test_nan_keys(void)
+{
+    icase_t c = case_make(128, 4, 8, 300, 20, 4 * 300 - 20, 3, 0);
+    for (int64_t g = 0; g < c.n_keys; g += 7)
+        c.rows[(size_t)g * c.row_bytes + 64 + (size_t)(g % 4)] = 255;
+    int32_t *ref = calloc((size_t)(c.T * c.topk), sizeof(int32_t));
+    int32_t *rn = calloc((size_t)c.T, sizeof(int32_t));
+    int32_t *sel = calloc((size_t)(c.T * c.topk), sizeof(int32_t));
+    int32_t *nsel = calloc((size_t)c.T, sizeof(int32_t));
+    kernel_rows(&c, 0, c.T, DS4__IDXK_PORTABLE, NULL, NULL, ref, rn, NULL);
+    for (int64_t t = 0; t < c.T; t++) {
+        DS4_CHECK(rn[t] >= 0 && rn[t] <= c.topk && rn[t] <= c.n_vis[t]);
+        for (int i = 0; i < rn[t]; i++) {
+            int32_t g = ref[t * c.topk + i];
+            DS4_CHECK(g >= 0 && g < c.n_vis[t]);
+            for (int j = 0; j < i; j++)
+                DS4_CHECK(ref[t * c.topk + j] != g);
+        }
+    }
+    for (size_t li = 1; li < sizeof(k_levels) / sizeof(k_levels[0]); li++) {
+        if (!ds4__idxk_level_supported(k_levels[li]))
+            continue;
+        kernel_rows(&c, 0, c.T, k_levels[li], NULL, NULL, sel, nsel, NULL);
+        DS4_CHECK(memcmp(rn, nsel, sizeof(int32_t) * (size_t)c.T) == 0);
+        DS4_CHECK(memcmp(ref, sel, sizeof(int32_t) * (size_t)(c.T * c.topk)) == 0);
+    }
+    free(ref);
+    free(rn);
+    free(sel);
+    free(nsel);
+    case_free(&c);
+}
+
 /* Side-by-side speed of the levels (informational): rows x keys at the tiny model's shape. */
 static void test_bench_levels(void)
 {
@@ -370,6 +405,7 @@ int main(void)
     DS4_RUN(test_v4_shape);
     DS4_RUN(test_other_shapes);
     DS4_RUN(test_levels_agree_wide_exponents);
+    DS4_RUN(test_nan_keys);
     DS4_RUN(test_bench_levels);
     return ds4_test_finish();
 }
