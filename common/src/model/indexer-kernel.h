@@ -115,7 +115,8 @@ typedef struct ds4__idxk_job {
     const int64_t *n_visible;    /* [rows] keys row r may select: 0 <= . <= keys->n_keys,
                                   * non-decreasing in r */
     int topk;                    /* > 0 */
-    ds4__idxk_level_t level;     /* AUTO: best supported; an unsupported level -> AUTO */
+    ds4__idxk_level_t level;     /* AUTO: best supported; an unsupported level -> AUTO; the
+                                  * SIMD levels need n_heads % 4 == 0 (else portable) */
     int32_t *sel;                /* [rows][topk] out: keys by (score desc, g asc) */
     float *best;                 /* [rows][topk] scratch: the scores of sel */
     int32_t *n_sel;              /* [rows] out: min(topk, n_visible[r]) */
@@ -131,7 +132,10 @@ ds4__idxk_level_t ds4__idxk_level_best(void);
 bool ds4__idxk_level_supported(ds4__idxk_level_t level);
 const char *ds4__idxk_level_name(ds4__idxk_level_t level);
 
-/* Runs the job: over the backend's threads when ops != NULL, else on the caller. */
+/* Runs the job: over the backend's threads when ops != NULL, else on the caller. Rows go in
+ * blocks (sized so a block's query values stay in L1 while each key tile serves all of them),
+ * taken from a shared counter heaviest (last) first; a row's result does not depend on the
+ * thread or the block split. Memory: none beyond the job's arrays. */
 void ds4__idxk_select(ds4__idxk_job_t *job, const ds4_backend_ops_t *ops, ds4_backend_h be);
 
 /* ---- per-level kernels: rows [r0, r1) of the job (internal) ---- */
