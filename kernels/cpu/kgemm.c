@@ -168,6 +168,10 @@ ds4_status_t ds4__kgemm_matmul(const ds4__kgemm_ops_t *ops, ds4_threadpool_h poo
     DS4_ASSERT(w->type == DS4_W_FP8 || w->type == DS4_W_FP4);
     if (m <= 0 || w->n <= 0)
         return DS4_OK;
+    if (w->k <= 0) { /* empty sums */
+        memset(y, 0, (size_t)(m * w->n) * sizeof(float));
+        return DS4_OK;
+    }
     if (ops == NULL)
         ops = ds4__kgemm_best();
     ds4_status_t st = DS4_ERR_NO_MEMORY;

@@ -301,6 +301,18 @@ static void test_backend_path(void)
     float *y2 = ds4_malloc_array((size_t)(s.m * s.n), sizeof(float));
     be_ops->matmul(be, &mt.w, s.m, mt.x, y2, 0);
     DS4_CHECK(memcmp(y, y2, sizeof(float) * (size_t)(s.m * s.n)) == 0);
+    /* K = 0: empty sums are zero on every level */
+    for (int l = 0; l < DS4_KGEMM_N_LEVELS; l++) {
+        const ds4__kgemm_ops_t *ops = ds4__kgemm_ops((ds4__kgemm_level_t)l);
+        ds4_weight_t w0 = {.type = DS4_W_FP8, .n = 5, .k = 0, .data = mt.data,
+                           .scale = mt.scale};
+        for (int i = 0; i < 15; i++)
+            y[i] = NAN;
+        if (ops != NULL)
+            DS4_CHECK_STATUS(ds4__kgemm_matmul(ops, NULL, &w0, 3, mt.x, true, y), DS4_OK);
+        for (int i = 0; ops != NULL && i < 15; i++)
+            DS4_CHECK(y[i] == 0.0f);
+    }
     ds4_free(y);
     ds4_free(y2);
     unmake(&mt);
