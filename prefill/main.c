@@ -51,9 +51,10 @@ typedef struct prefill {
     pjob_t *done_list;               /* computed, not yet seen by the loop (mu) */
     bool stop;
     int running; /* atomic: a job is computing */
+    uint64_t progress; /* atomic: prompt tokens computed of the running job (0 when idle) */
     uint64_t done, failed, tokens;
     ds4_series_h m_running, m_queue, m_tokens, m_seconds, m_tps, m_bytes, m_xfer_seconds, m_seqs,
-        m_bytes_held;
+        m_bytes_held, m_progress;
     ds4_metric_h m_errors;
 } prefill_t;
 
@@ -164,6 +165,7 @@ static ds4_status_t compute(prefill_t *pf, pjob_t *j)
             goto out;
         }
         off += n;
+        __atomic_store_n(&pf->progress, (uint64_t)off, __ATOMIC_RELAXED);
         if (off == j->n)
             break;
         /* Push the history rows completed so far (overlaps the next chunk's compute). */
@@ -243,6 +245,7 @@ static void thread_main(void *arg)
         j->qnext = pf->done_list;
         pf->done_list = j;
         __atomic_store_n(&pf->running, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&pf->progress, 0, __ATOMIC_RELAXED);
         uv_mutex_unlock(&pf->mu);
         uv_async_send(&pf->async);
     }
@@ -543,6 +546,7 @@ static void hook_metrics(void *arg)
         held += j->state != NULL ? j->state_len : 0;
     ds4_series_set(pf->m_seqs, (double)pf->n_jobs);
     ds4_series_set(pf->m_bytes_held, (double)held);
+    ds4_series_set(pf->m_progress, (double)__atomic_load_n(&pf->progress, __ATOMIC_RELAXED));
 }
 
 static void make_metrics(prefill_t *pf)
@@ -568,6 +572,8 @@ static void make_metrics(prefill_t *pf)
         m, "ds4_kv_sequences", "Prefill sequences holding KV (computing or sending).", NULL));
     pf->m_bytes_held = ds4_metric_default(ds4_metrics_gauge(
         m, "ds4_kv_bytes_held", "Exported KV bytes held until the decode side verifies.", NULL));
+    pf->m_progress = ds4_metric_default(ds4_metrics_gauge(
+        m, "ds4_prefill_progress_tokens", "Prompt tokens computed of the running prefill.", NULL));
     pf->m_errors = ds4_metrics_counter(m, "ds4_errors_total", "Errors by kind.", "kind");
 }
 
