@@ -39,6 +39,7 @@
 #define KGEMM_NR 32    /* weight rows per panel */
 #define KGEMM_TILE 128 /* weight rows per tile (one thread's unit of work) */
 #define KGEMM_KC 128   /* inputs per packed weight chunk: one K block (packed x is block major) */
+#define KGEMM_MC 256   /* activation rows per job at most */
 
 typedef enum ds4__kgemm_level {
     DS4_KGEMM_PORTABLE = 0, /* plain C (fmaf) */
