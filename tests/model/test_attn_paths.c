@@ -4,7 +4,8 @@
  * bf16 probabilities, double P.V accumulators rounded to fp32 at each rescale, sink in the
  * denominator), bit for bit, on long random contexts: window runs of every length, padding,
  * HCA-like runs of several 64-key tiles with ragged tails, CSA-like scattered selections;
- * the sequential fp32 dots of the hc mixes, bf16 rounding and hc post (ops.c) likewise; then
+ * the sequential fp32 dots of the hc mixes, bf16 rounding, hc post, row sums and RMSNorm
+ * (ops.c) likewise; then
  * the engine itself (default tiny model, 1,500 tokens, HCA ratio 128): portable vs best level
  * and whole vs unaligned chunks, logits bitwise identical. */
 #include "test.h"
@@ -613,6 +614,60 @@ static void test_elementwise_levels(void)
     ds4_free(Xref);
 }
 
+/* ds4__sum_row_f32 (the reference's reduction order) and RMSNorm at every level against the
+ * scalar order / the plain formula, on sizes around every cascade boundary */
+static void test_row_sums_levels(void)
+{
+    enum { NMAX = 70000 };
+    float *x = ds4_malloc_array(NMAX, sizeof(float));
+    float *sq = ds4_malloc_array(NMAX, sizeof(float));
+    float *o = ds4_malloc_array(NMAX, sizeof(float));
+    float *oref = ds4_malloc_array(NMAX, sizeof(float));
+    uint16_t *w = ds4_malloc_array(NMAX, sizeof(uint16_t));
+    DS4_CHECK(x && sq && o && oref && w);
+    for (int i = 0; i < NMAX; i++) {
+        x[i] = rndf() * (float)(1 << (rnd32() % 12)) * 0.01f;
+        w[i] = ds4_f32_to_bf16(rndf() + 1.5f);
+    }
+    static const int sizes[] = {0,   1,    7,    8,    31,   32,   33,   63,   64,   65,
+                                127, 128,  129,  512,  513,  1024, 2047, 2048, 2049, 4096,
+                                7168, 8191, 8192, 8200, 28672, 65536, 65537, 69999};
+    int bad = 0;
+    for (size_t c = 0; c < sizeof(sizes) / sizeof(sizes[0]); c++) {
+        int n = sizes[c];
+        float want = ds4__sum_row_f32(x, n);
+        for (int i = 0; i < n; i++)
+            sq[i] = x[i] * x[i];
+        float ms = n > 0 ? ds4__sum_row_f32(sq, n) / (float)n : 0.0f;
+        float rs = 1.0f / sqrtf(ms + 1e-6f);
+        for (int i = 0; i < n; i++)
+            oref[i] = ds4_round_bf16(ds4_bf16_to_f32(w[i]) * (x[i] * rs));
+        for (int isa = 0; isa < DS4__ATTN_ISA_COUNT; isa++) {
+            if (!ds4__attn_isa_supported((ds4__attn_isa_t)isa))
+                continue;
+            float got = ds4__sum_row_f32_isa((ds4__attn_isa_t)isa, x, n);
+            int diff = bits(got) != bits(want);
+            if (n > 0) {
+                setenv("DS4_ATTN_ISA", ds4__attn_isa_name((ds4__attn_isa_t)isa), 1);
+                ds4__rmsnorm_rows(x, w, 1, n, 1e-6, o);
+                unsetenv("DS4_ATTN_ISA");
+                for (int i = 0; i < n; i++)
+                    diff += bits(o[i]) != bits(oref[i]);
+            }
+            DS4_CHECKF(diff == 0, "row sum / rmsnorm %s n %d: %d differ",
+                       ds4__attn_isa_name((ds4__attn_isa_t)isa), n, diff);
+            bad += diff != 0;
+        }
+    }
+    printf("row sums and RMSNorm: every level bitwise equal to the scalar order: %s\n",
+           bad == 0 ? "yes" : "NO");
+    ds4_free(x);
+    ds4_free(sq);
+    ds4_free(o);
+    ds4_free(oref);
+    ds4_free(w);
+}
+
 /* ---------------- the engine, long context ---------------- */
 
 #define ENG_N 1500
@@ -691,6 +746,7 @@ int main(void)
     DS4_RUN(test_query_levels);
     DS4_RUN(test_dots_levels);
     DS4_RUN(test_elementwise_levels);
+    DS4_RUN(test_row_sums_levels);
     DS4_RUN(test_engine_levels);
     return ds4_test_finish();
 }

@@ -87,6 +87,8 @@ void ds4__attn_pv(ds4__attn_isa_t isa, const ds4__attn_shape_t *sh, const float 
  * w[j][0..n), for r < rows, j < m, vectorised across j at the `isa` level (same bits). */
 void ds4__dots_seq(ds4__attn_isa_t isa, const float *x, int64_t rows, int64_t n, const float *w,
                    int m, float *y);
+/* ops.c: ds4__sum_row_f32 at the `isa` level (same order, same bits). */
+float ds4__sum_row_f32_isa(ds4__attn_isa_t isa, const float *x, int64_t n);
 /* ops.c: ds4__kv_row_decode at the `isa` level (same values). */
 struct ds4_model_config;
 void ds4__kv_row_decode_isa(ds4__attn_isa_t isa, const struct ds4_model_config *c,

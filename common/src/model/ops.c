@@ -177,10 +177,83 @@ float ds4__exp_ref(float x)
     return u * pow2_normal(q1) * pow2_normal(q - q1);
 }
 
+#ifdef OPS_X86
+__attribute__((target("avx2"))) static inline __m256 sum_ld8(const float *x, bool sq)
+{
+    __m256 v = _mm256_loadu_ps(x);
+    return sq ? _mm256_mul_ps(v, v) : v;
+}
+
+/* ds4__sum_row_f32 with its 8 lanes as one vector (each lane's additions in the same order);
+ * sq: the elements are x[i] * x[i] (rounded to fp32, as a stored square) */
+__attribute__((target("avx2"))) static float sum_row_avx2(const float *x, int64_t n, bool sq)
+{
+    int64_t n_vec = n / SUM_LANES, n_ilp = n_vec / SUM_ILP;
+    __m256 acc[SUM_LEVELS][SUM_ILP];
+    for (int lv = 0; lv < SUM_LEVELS; lv++)
+        for (int k = 0; k < SUM_ILP; k++)
+            acc[lv][k] = _mm256_setzero_ps();
+    int ceil_log2 = 0;
+    while (((int64_t)1 << ceil_log2) < n_ilp)
+        ceil_log2++;
+    int level_power = ceil_log2 / SUM_LEVELS > 4 ? ceil_log2 / SUM_LEVELS : 4;
+    int64_t level_step = (int64_t)1 << level_power, level_mask = level_step - 1;
+    int64_t i = 0;
+    while (i + level_step <= n_ilp) {
+        for (int64_t s = 0; s < level_step; s++, i++)
+            for (int k = 0; k < SUM_ILP; k++)
+                acc[0][k] = _mm256_add_ps(acc[0][k],
+                                          sum_ld8(x + (i * SUM_ILP + k) * SUM_LANES, sq));
+        for (int lv = 1; lv < SUM_LEVELS; lv++) {
+            for (int k = 0; k < SUM_ILP; k++) {
+                acc[lv][k] = _mm256_add_ps(acc[lv][k], acc[lv - 1][k]);
+                acc[lv - 1][k] = _mm256_setzero_ps();
+            }
+            if ((i & (level_mask << (lv * level_power))) != 0)
+                break;
+        }
+    }
+    for (; i < n_ilp; i++)
+        for (int k = 0; k < SUM_ILP; k++)
+            acc[0][k] = _mm256_add_ps(acc[0][k], sum_ld8(x + (i * SUM_ILP + k) * SUM_LANES,
+                                                         sq));
+    for (int lv = 1; lv < SUM_LEVELS; lv++)
+        for (int k = 0; k < SUM_ILP; k++)
+            acc[0][k] = _mm256_add_ps(acc[0][k], acc[lv][k]);
+    for (int64_t v = n_ilp * SUM_ILP; v < n_vec; v++)
+        acc[0][0] = _mm256_add_ps(acc[0][0], sum_ld8(x + v * SUM_LANES, sq));
+    for (int k = 1; k < SUM_ILP; k++)
+        acc[0][0] = _mm256_add_ps(acc[0][0], acc[0][k]);
+    float total = 0.0f;
+    for (int64_t e = n_vec * SUM_LANES; e < n; e++)
+        total += sq ? x[e] * x[e] : x[e];
+    float lanes[SUM_LANES];
+    _mm256_storeu_ps(lanes, acc[0][0]);
+    for (int l = 0; l < SUM_LANES; l++)
+        total += lanes[l];
+    return total;
+}
+#endif
+
+float ds4__sum_row_f32_isa(ds4__attn_isa_t isa, const float *x, int64_t n)
+{
+#ifdef OPS_X86
+    if (isa != DS4__ATTN_ISA_C && ds4__attn_isa_supported(DS4__ATTN_ISA_AVX2))
+        return sum_row_avx2(x, n, false);
+#endif
+    (void)isa;
+    return ds4__sum_row_f32(x, n);
+}
+
 /* mean(x^2) of a row: squares rounded to fp32 (a separate op in the reference), then summed in
  * the reference's order (ds4__sum_row_f32) and divided by n. */
-static float mean_square(const float *x, int64_t n)
+static float mean_square(ds4__attn_isa_t isa, const float *x, int64_t n)
 {
+#ifdef OPS_X86
+    if (isa != DS4__ATTN_ISA_C && ds4__attn_isa_supported(DS4__ATTN_ISA_AVX2))
+        return sum_row_avx2(x, n, true) / (float)n;
+#endif
+    (void)isa;
     float buf[1024];
     float total = 0.0f;
     if (n <= 1024) {
@@ -202,10 +275,11 @@ void ds4__rmsnorm_rows(const float *x, const uint16_t *w, int64_t rows, int64_t 
                        float *out)
 {
     const float e = (float)eps;
+    ds4__attn_isa_t isa = ds4__attn_isa_select();
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * n;
         float *o = out + r * n;
-        float rs = 1.0f / sqrtf(mean_square(xr, n) + e);
+        float rs = 1.0f / sqrtf(mean_square(isa, xr, n) + e);
         for (int64_t i = 0; i < n; i++)
             o[i] = ds4_round_bf16(ds4_bf16_to_f32(w[i]) * (xr[i] * rs));
     }
@@ -480,10 +554,11 @@ static void hc_mixes(ds4_model_h m, const float *X, int64_t rows, const float *f
 {
     const ds4_model_config_t *c = &m->cfg;
     int64_t hd = (int64_t)c->hc_mult * c->hidden_size;
-    ds4__dots_seq(ds4__attn_isa_select(), X, rows, hd, fn, n_mix, mixes);
+    ds4__attn_isa_t isa = ds4__attn_isa_select();
+    ds4__dots_seq(isa, X, rows, hd, fn, n_mix, mixes);
     for (int64_t r = 0; r < rows; r++) {
         const float *x = X + r * hd;
-        float rs = 1.0f / sqrtf(mean_square(x, hd) + (float)c->rms_norm_eps);
+        float rs = 1.0f / sqrtf(mean_square(isa, x, hd) + (float)c->rms_norm_eps);
         for (int j = 0; j < n_mix; j++)
             mixes[r * n_mix + j] *= rs;
     }
