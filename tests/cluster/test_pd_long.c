@@ -91,9 +91,9 @@ int main(void)
     const char *tag = "long greedy tokens (DS4_PD_LONG_EXPECT):";
     for (int waited = 0; expect == NULL && expect_file != NULL && waited < 4 * 3600; waited++) {
         FILE *f = fopen(expect_file, "r");
-        while (f != NULL && fgets(expect_line, sizeof(expect_line), f) != NULL)
+        while (expect == NULL && f != NULL && fgets(expect_line, sizeof(expect_line), f) != NULL)
             if (strncmp(expect_line, tag, strlen(tag)) == 0)
-                expect = expect_line + strlen(tag);
+                expect = expect_line + strlen(tag); /* stop reading: the line stays intact */
         if (f != NULL)
             fclose(f);
         if (expect == NULL)
