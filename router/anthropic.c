@@ -14,7 +14,7 @@ enum { BLOCK_NONE = 0, BLOCK_THINKING = 1, BLOCK_TEXT = 2 };
 
 /* One message's content blocks, sorted into what the chat encoder takes. */
 typedef struct blocks {
-    api_buf_t text, thinking;
+    ds4_buf_t text, thinking;
     size_t n_text;
     json_t *calls;   /* assistant tool_use → OpenAI tool_calls */
     json_t *results; /* user tool_result → tool messages */
@@ -22,8 +22,8 @@ typedef struct blocks {
 
 static void blocks_free(blocks_t *b)
 {
-    ds4_free(b->text.p);
-    ds4_free(b->thinking.p);
+    ds4_buf_free(&b->text);
+    ds4_buf_free(&b->thinking);
     json_decref(b->calls);
     json_decref(b->results);
 }
@@ -31,8 +31,8 @@ static void blocks_free(blocks_t *b)
 static void put_text(blocks_t *b, const char *s, size_t n)
 {
     if (b->n_text++ > 0)
-        api_buf_put(&b->text, "\n", 1);
-    api_buf_put(&b->text, s, n);
+        ds4_buf_put(&b->text, "\n", 1);
+    ds4_buf_put(&b->text, s, n);
 }
 
 /* Text of a tool_result's content: a string or text blocks. */
@@ -44,7 +44,7 @@ static json_t *result_text(const json_t *c, const char *path, ds4_diag_t *d)
         ds4_diag_addf(d, path, "expected a string or text blocks");
         return NULL;
     }
-    api_buf_t t = {0};
+    ds4_buf_t t = {0};
     size_t i;
     const json_t *blk;
     json_array_foreach(c, i, blk)
@@ -56,15 +56,17 @@ static json_t *result_text(const json_t *c, const char *path, ds4_diag_t *d)
             char p[160];
             ds4_diag_addf(d, ds4_json_path_index(p, sizeof(p), path, i),
                           "expected a text block {\"type\": \"text\", \"text\": string}");
-            ds4_free(t.p);
+            ds4_buf_free(&t);
             return NULL;
         }
         if (i > 0)
-            api_buf_put(&t, "\n", 1);
-        api_buf_put(&t, json_string_value(text), json_string_length(text));
+            ds4_buf_put(&t, "\n", 1);
+        ds4_buf_put(&t, json_string_value(text), json_string_length(text));
     }
-    json_t *s = json_stringn(t.p != NULL ? t.p : "", t.len);
-    ds4_free(t.p);
+    json_t *s = t.oom ? NULL : json_stringn(t.p != NULL ? t.p : "", t.len);
+    ds4_buf_free(&t);
+    if (s == NULL)
+        ds4_diag_addf(d, path, "out of memory");
     return s;
 }
 
@@ -140,7 +142,7 @@ static bool read_blocks(const json_t *content, const char *path, bool assistant,
         } else if (strcmp(t, "thinking") == 0 && assistant) {
             const json_t *th = json_object_get(blk, "thinking");
             if (json_is_string(th))
-                api_buf_put(&b->thinking, json_string_value(th), json_string_length(th));
+                ds4_buf_put(&b->thinking, json_string_value(th), json_string_length(th));
         } else if (strcmp(t, "redacted_thinking") == 0 && assistant) {
             /* opaque to this model: dropped */
         } else if (strcmp(t, "tool_use") == 0 && assistant) {
@@ -371,7 +373,7 @@ void anthropic_on_message(api_req_t *a, const Ds4__V1__GenerateResponse *resp)
     if (!a->stream || (a->tools && !reasoning)) {
         /* whole answers, and with tools the answer text: it may be a tool call, parsed at the
          * end */
-        api_buf_put(reasoning ? &a->reasoning : &a->content, text, len);
+        ds4_buf_put(reasoning ? &a->reasoning : &a->content, text, len);
         return;
     }
     message_start(a);

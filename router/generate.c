@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ds4/alloc.h"
+#include "ds4/buf.h"
 #include "ds4/clock.h"
 #include "ds4/log.h"
 #include "ds4_worker.pb-c.h"
@@ -34,8 +35,8 @@ struct request {
     /* stop strings (borrowed from the client's request, alive while `out` is) */
     char **stops;
     size_t n_stops, max_stop_len;
-    char *text; /* generated text so far (only with stop strings) */
-    size_t text_len, text_cap, text_sent;
+    ds4_buf_t text; /* generated text so far (only with stop strings) */
+    size_t text_sent;
     /* attempts: a failure before the first token is retried once on other workers */
     const Ds4__V1__SamplingParams *sampling; /* borrowed like `stops` */
     uint64_t deadline_at_ms;
@@ -71,7 +72,7 @@ static void req_maybe_free(request_t *r)
     ds4_series_set(rt->m_running, (double)rt->n_requests);
     if (r->detok != NULL)
         ds4_detok_destroy(r->detok);
-    ds4_free(r->text);
+    ds4_buf_free(&r->text);
     ds4_free(r->prep.ids);
     ds4_free(r->client_id);
     ds4_free(r);
@@ -234,18 +235,7 @@ static void on_client_cancel(ds4_rpc_call_h call, void *arg)
 /* Appends generated text (stop-string mode). */
 static bool text_append(request_t *r, const char *t, size_t n)
 {
-    if (r->text_len + n + 1 > r->text_cap) {
-        size_t cap = DS4_MAX(r->text_cap * 2, r->text_len + n + 256);
-        char *grown = ds4_realloc_array(r->text, cap, 1);
-        if (grown == NULL)
-            return false;
-        r->text = grown;
-        r->text_cap = cap;
-    }
-    memcpy(r->text + r->text_len, t, n);
-    r->text_len += n;
-    r->text[r->text_len] = '\0';
-    return true;
+    return ds4_buf_put(&r->text, t, n);
 }
 
 /* First stop string in the generated text (searching only where a new match can start);
@@ -255,9 +245,9 @@ static ptrdiff_t find_stop(request_t *r, size_t new_from)
     size_t from = new_from > r->max_stop_len ? new_from - r->max_stop_len : 0;
     ptrdiff_t best = -1;
     for (size_t i = 0; i < r->n_stops; i++) {
-        const char *hit = strstr(r->text + from, r->stops[i]);
-        if (hit != NULL && (best < 0 || hit - r->text < best))
-            best = hit - r->text;
+        const char *hit = strstr(r->text.p + from, r->stops[i]);
+        if (hit != NULL && (best < 0 || hit - r->text.p < best))
+            best = hit - r->text.p;
     }
     return best;
 }
@@ -304,7 +294,7 @@ static void relay_token(request_t *r, uint32_t id, const Ds4__V1__TokenLogprob *
         if (ds4_detok_feed(r->detok, (int32_t)id, &text, &text_len, NULL) != DS4_OK)
             text_len = 0;
         if (r->n_stops > 0) {
-            size_t before = r->text_len;
+            size_t before = r->text.len;
             text_append(r, text, text_len);
             ptrdiff_t at = find_stop(r, before);
             size_t end;
@@ -313,18 +303,18 @@ static void relay_token(request_t *r, uint32_t id, const Ds4__V1__TokenLogprob *
                 stopped = true;
             } else if (r->in_reasoning && (int32_t)id == rt->think_end_id) {
                 /* the reasoning ends: its held-back text goes out on the reasoning channel */
-                end = r->text_len;
+                end = r->text.len;
             } else {
                 /* hold back what could still begin a stop string (whole code points only) */
-                end = r->text_len > r->max_stop_len - 1 ? r->text_len - (r->max_stop_len - 1) : 0;
-                while (end > r->text_sent && end < r->text_len &&
-                       ((unsigned char)r->text[end] & 0xC0) == 0x80)
+                end = r->text.len > r->max_stop_len - 1 ? r->text.len - (r->max_stop_len - 1) : 0;
+                while (end > r->text_sent && end < r->text.len &&
+                       ((unsigned char)r->text.p[end] & 0xC0) == 0x80)
                     end--;
                 if (end < r->text_sent)
                     end = r->text_sent;
             }
             owned =
-                ds4_strndup(r->text + r->text_sent, end > r->text_sent ? end - r->text_sent : 0);
+                ds4_strndup(r->text.p + r->text_sent, end > r->text_sent ? end - r->text_sent : 0);
             r->text_sent = DS4_MAX(end, r->text_sent);
         } else {
             owned = ds4_strndup(text, text_len);
@@ -475,10 +465,10 @@ static void on_reserve_msg(ds4_rpc_client_call_h call, ProtobufCMessage *msg, vo
                 /* the held-back text can no longer start a stop string */
                 text_append(r, tail, tail_len);
                 ptrdiff_t at = find_stop(r, r->text_sent);
-                size_t end = at >= 0 ? (size_t)at : r->text_len;
+                size_t end = at >= 0 ? (size_t)at : r->text.len;
                 if (at >= 0)
                     resp.finish_reason = DS4__V1__FINISH_REASON__FINISH_REASON_STOP;
-                owned = ds4_strndup(r->text + r->text_sent,
+                owned = ds4_strndup(r->text.p + r->text_sent,
                                     end > r->text_sent ? end - r->text_sent : 0);
             } else {
                 owned = ds4_strndup(tail, tail_len);

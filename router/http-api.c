@@ -14,22 +14,6 @@
 #include "http-api.h"
 #include "openai-tools.h"
 
-bool api_buf_put(api_buf_t *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = DS4_MAX(b->cap * 2, b->len + n + 256);
-        char *grown = ds4_realloc_array(b->p, cap, 1);
-        if (grown == NULL)
-            return false;
-        b->p = grown;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return true;
-}
-
 int api_http_status(ds4_rpc_code_t code)
 {
     switch (code) {
@@ -164,25 +148,25 @@ bool api_sse(api_req_t *a, const char *name, json_t *obj)
     json_decref(obj);
     if (text == NULL)
         return false;
-    api_buf_t b = {0};
+    ds4_buf_t b = {0};
     bool ok = true;
     if (name != NULL)
-        ok = api_buf_put(&b, "event: ", 7) && api_buf_put(&b, name, strlen(name)) &&
-             api_buf_put(&b, "\n", 1);
-    ok = ok && api_buf_put(&b, "data: ", 6) && api_buf_put(&b, text, strlen(text)) &&
-         api_buf_put(&b, "\n\n", 2);
+        ok = ds4_buf_put(&b, "event: ", 7) && ds4_buf_put(&b, name, strlen(name)) &&
+             ds4_buf_put(&b, "\n", 1);
+    ok = ok && ds4_buf_put(&b, "data: ", 6) && ds4_buf_put(&b, text, strlen(text)) &&
+         ds4_buf_put(&b, "\n\n", 2);
     free(text);
     ok = ok && sse_write(a, b.p, b.len);
-    ds4_free(b.p);
+    ds4_buf_free(&b);
     return ok;
 }
 
 bool api_sse_raw(api_req_t *a, const char *raw)
 {
-    api_buf_t b = {0};
-    bool ok = api_buf_put(&b, "data: ", 6) && api_buf_put(&b, raw, strlen(raw)) &&
-              api_buf_put(&b, "\n\n", 2) && sse_write(a, b.p, b.len);
-    ds4_free(b.p);
+    ds4_buf_t b = {0};
+    bool ok = ds4_buf_put(&b, "data: ", 6) && ds4_buf_put(&b, raw, strlen(raw)) &&
+              ds4_buf_put(&b, "\n\n", 2) && sse_write(a, b.p, b.len);
+    ds4_buf_free(&b);
     return ok;
 }
 
@@ -242,9 +226,9 @@ static void api_free(api_req_t *a)
     ds4_free(a->prompt_id_buf);
     ds4_free(a->stops);
     ds4_free(a->stop_token_ids);
-    ds4_free(a->content.p);
-    ds4_free(a->reasoning.p);
-    ds4_free(a->all_ids.p);
+    ds4_buf_free(&a->content);
+    ds4_buf_free(&a->reasoning);
+    ds4_buf_free(&a->all_ids);
     ds4_free(a);
 }
 
@@ -274,7 +258,7 @@ static void sink_send(void *arg, const Ds4__V1__GenerateResponse *resp)
         a->last_token = resp->token_ids[resp->n_token_ids - 1];
         a->n_tokens += (uint32_t)resp->n_token_ids;
         if (a->sp.n_stop > 0 || a->tools)
-            api_buf_put(&a->all_ids, (const char *)resp->token_ids,
+            ds4_buf_put(&a->all_ids, (const char *)resp->token_ids,
                         resp->n_token_ids * sizeof(*resp->token_ids));
     }
     a->emitted += resp->text_delta != NULL ? strlen(resp->text_delta) : 0;

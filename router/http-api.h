@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 
+#include "ds4/buf.h"
 #include "ds4/diag.h"
 #include "ds4/http.h"
 #include "router.h"
@@ -30,14 +31,6 @@ typedef enum api_kind {
     API_COMPLETION = 1, /* /v1/completions */
     API_MESSAGES = 2,   /* /v1/messages (Anthropic) */
 } api_kind_t;
-
-/* A growable byte string (ds4_free p). */
-typedef struct api_buf {
-    char *p;
-    size_t len, cap;
-} api_buf_t;
-
-bool api_buf_put(api_buf_t *b, const char *s, size_t n);
 
 /* One HTTP API request from parse to the end of its exchange. */
 typedef struct api_req {
@@ -71,7 +64,7 @@ typedef struct api_req {
     bool stream_begun, sent_role;
     bool client_gone;
     uint32_t n_tokens;
-    api_buf_t content, reasoning; /* non-streaming: the whole answer */
+    ds4_buf_t content, reasoning; /* non-streaming: the whole answer */
     json_t *token_ids;            /* non-streaming (return_token_ids) */
     json_t *lp;                   /* non-streaming logprobs (chat: content[]; completion: obj) */
     size_t text_offset;           /* completion logprobs text_offset */
@@ -80,7 +73,7 @@ typedef struct api_req {
     uint32_t prompt_tokens, completion_tokens, reasoning_tokens;
     /* Anthropic streaming: the open content block (0 none, 1 thinking, 2 text) and its index */
     int block, block_index;
-    api_buf_t all_ids; /* every token id (uint32_t), kept to name a matched stop sequence */
+    ds4_buf_t all_ids; /* every token id (uint32_t), kept to name a matched stop sequence */
     size_t emitted;    /* bytes of text sent to the client (reasoning + content) */
 } api_req_t;
 

@@ -12,7 +12,7 @@
 /* Content parts [{type: "text", text}] → one string ("\n" between parts, as vLLM joins them). */
 static json_t *join_text_parts(const json_t *parts, const char *path, ds4_diag_t *d)
 {
-    api_buf_t b = {0};
+    ds4_buf_t b = {0};
     size_t i;
     const json_t *part;
     bool ok = true;
@@ -39,12 +39,12 @@ static json_t *join_text_parts(const json_t *parts, const char *path, ds4_diag_t
             ok = false;
             continue;
         }
-        if ((i > 0 && !api_buf_put(&b, "\n", 1)) ||
-            !api_buf_put(&b, json_string_value(text), json_string_length(text)))
+        if ((i > 0 && !ds4_buf_put(&b, "\n", 1)) ||
+            !ds4_buf_put(&b, json_string_value(text), json_string_length(text)))
             ok = false;
     }
     json_t *s = ok ? json_stringn(b.p != NULL ? b.p : "", b.len) : NULL;
-    ds4_free(b.p);
+    ds4_buf_free(&b);
     return s;
 }
 
@@ -327,9 +327,9 @@ void openai_on_message(api_req_t *a, const Ds4__V1__GenerateResponse *resp)
     bool lps = a->want_logprobs && resp->n_logprobs > 0;
     if (!a->stream) {
         if (a->kind == API_CHAT && reasoning)
-            api_buf_put(&a->reasoning, text, text_len);
+            ds4_buf_put(&a->reasoning, text, text_len);
         else
-            api_buf_put(&a->content, text, text_len);
+            ds4_buf_put(&a->content, text, text_len);
         for (size_t i = 0; i < resp->n_token_ids && a->token_ids != NULL; i++)
             json_array_append_new(a->token_ids, json_integer(resp->token_ids[i]));
         if (lps && a->lp == NULL)
@@ -344,7 +344,7 @@ void openai_on_message(api_req_t *a, const Ds4__V1__GenerateResponse *resp)
     }
     if (a->tools && !reasoning) {
         /* the answer may be a tool call: held back until it can be parsed whole */
-        api_buf_put(&a->content, text, text_len);
+        ds4_buf_put(&a->content, text, text_len);
         return;
     }
     /* streaming: one chunk per message that carries text (or ids / logprobs asked for) */

@@ -1,5 +1,6 @@
 /* Common runtime: status strings, diagnostics, checked sizes, JSON helpers, thread pool. */
 #include "ds4/alloc.h"
+#include "ds4/buf.h"
 #include "ds4/clock.h"
 #include "ds4/diag.h"
 #include "ds4/json.h"
@@ -129,8 +130,40 @@ static void test_clock(void)
     DS4_CHECK(b - a >= 2000000ull);
 }
 
+/* Growable string: contents and NUL after every append, growth across many appends, printf,
+ * clear keeps memory, a size that cannot be allocated sets the sticky oom and changes nothing. */
+static void test_buf(void)
+{
+    ds4_buf_t b = {0};
+    DS4_CHECK(ds4_buf_str(&b, ""));
+    DS4_CHECK(b.p != NULL && b.len == 0 && b.p[0] == '\0');
+    char want[4096];
+    size_t n = 0;
+    for (int i = 0; i < 500; i++) {
+        DS4_CHECK(ds4_buf_printf(&b, "%d,", i));
+        n += (size_t)snprintf(want + n, sizeof(want) - n, "%d,", i);
+    }
+    DS4_CHECK_EQ_INT(b.len, n);
+    DS4_CHECK(strcmp(b.p, want) == 0);
+    DS4_CHECK(ds4_buf_put(&b, "a\0b", 3));
+    DS4_CHECK(b.len == n + 3 && memcmp(b.p + n, "a\0b", 4) == 0);
+    size_t cap = b.cap;
+    ds4_buf_clear(&b);
+    DS4_CHECK(b.len == 0 && b.cap == cap && b.p[0] == '\0');
+    DS4_CHECK(ds4_buf_str(&b, "kept"));
+    DS4_CHECK(!ds4_buf_put(&b, "x", SIZE_MAX - 8));
+    DS4_CHECK(b.oom && b.len == 4 && strcmp(b.p, "kept") == 0);
+    DS4_CHECK(!ds4_buf_str(&b, "more")); /* sticky */
+    DS4_CHECK(strcmp(b.p, "kept") == 0);
+    ds4_buf_clear(&b);
+    DS4_CHECK(!b.oom && ds4_buf_str(&b, "again") && strcmp(b.p, "again") == 0);
+    ds4_buf_free(&b);
+    DS4_CHECK(b.p == NULL && b.len == 0 && b.cap == 0 && !b.oom);
+}
+
 int main(void)
 {
+    DS4_RUN(test_buf);
     DS4_RUN(test_status_strings);
     DS4_RUN(test_size_checks);
     DS4_RUN(test_diag);

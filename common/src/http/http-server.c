@@ -7,36 +7,9 @@
 #include <http_parser.h>
 
 #include "ds4/alloc.h"
+#include "ds4/buf.h"
 #include "ds4/http.h"
 #include "ds4/log.h"
-
-typedef struct buf {
-    char *p;
-    size_t len, cap;
-} buf_t;
-
-/* Appends; false on allocation failure. Keeps a NUL after the data. */
-static bool buf_put(buf_t *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = DS4_MAX(b->cap * 2, b->len + n + 64);
-        char *grown = ds4_realloc_array(b->p, cap, 1);
-        if (grown == NULL)
-            return false;
-        b->p = grown;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return true;
-}
-
-static void buf_free(buf_t *b)
-{
-    ds4_free(b->p);
-    memset(b, 0, sizeof(*b));
-}
 
 typedef struct conn conn_t;
 
@@ -58,13 +31,13 @@ struct conn {
     http_parser parser;
     conn_t *prev, *next;
     /* the request being parsed */
-    buf_t url, body, field, value;
+    ds4_buf_t url, body, field, value;
     char **names, **values;
     size_t n_headers;
     size_t header_bytes;
     bool in_value, message_ready;
     int error_status; /* an HTTP status to answer before closing, 0 = none */
-    buf_t pending;    /* received, not yet parsed */
+    ds4_buf_t pending;    /* received, not yet parsed */
     size_t pending_off;
     struct ds4_http_exchange *ex;
     bool closing, in_feed, reading;
@@ -213,10 +186,10 @@ static bool conn_write(conn_t *c, const char *a, size_t alen, const char *b, siz
 
 static void conn_reset_request(conn_t *c)
 {
-    buf_free(&c->url);
-    buf_free(&c->body);
-    buf_free(&c->field);
-    buf_free(&c->value);
+    ds4_buf_free(&c->url);
+    ds4_buf_free(&c->body);
+    ds4_buf_free(&c->field);
+    ds4_buf_free(&c->value);
     for (size_t i = 0; i < c->n_headers; i++) {
         ds4_free(c->names[i]);
         ds4_free(c->values[i]);
@@ -237,7 +210,7 @@ static void handle_closed(uv_handle_t *h)
         return;
     ds4_http_server_h s = c->server;
     conn_reset_request(c);
-    buf_free(&c->pending);
+    ds4_buf_free(&c->pending);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -330,7 +303,7 @@ static int on_message_begin(http_parser *p)
 static int on_url(http_parser *p, const char *at, size_t n)
 {
     conn_t *c = p->data;
-    if (!count_header(c, n) || !buf_put(&c->url, at, n))
+    if (!count_header(c, n) || !ds4_buf_put(&c->url, at, n))
         return -1;
     return 0;
 }
@@ -367,7 +340,7 @@ static int on_header_field(http_parser *p, const char *at, size_t n)
             return -1;
         c->in_value = false;
     }
-    if (!count_header(c, n) || !buf_put(&c->field, at, n))
+    if (!count_header(c, n) || !ds4_buf_put(&c->field, at, n))
         return -1;
     return 0;
 }
@@ -376,7 +349,7 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
 {
     conn_t *c = p->data;
     c->in_value = true;
-    if (!count_header(c, n) || !buf_put(&c->value, at, n))
+    if (!count_header(c, n) || !ds4_buf_put(&c->value, at, n))
         return -1;
     return 0;
 }
@@ -406,7 +379,7 @@ static int on_body(http_parser *p, const char *at, size_t n)
         c->error_status = 413;
         return -1;
     }
-    if (!buf_put(&c->body, at, n))
+    if (!ds4_buf_put(&c->body, at, n))
         return -1;
     return 0;
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ds4/alloc.h"
+#include "ds4/buf.h"
 #include "ds4/log.h"
 #include "ds4/metrics.h"
 
@@ -182,79 +183,37 @@ ds4_metric_h ds4_metrics_histogram(ds4_metrics_h reg, const char *name, const ch
     return family(reg, DS4_METRIC_HISTOGRAM, name, help, labels, bounds, n_bounds);
 }
 
-/* Appends to a growable string; false on allocation failure. */
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} sbuf_t;
-
-static void sb_put(sbuf_t *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = DS4_MAX(b->cap * 2, b->len + n + 256);
-        char *grown = ds4_realloc_array(b->p, cap, 1);
-        if (grown == NULL) {
-            b->oom = true;
-            return;
-        }
-        b->p = grown;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_str(sbuf_t *b, const char *s)
-{
-    sb_put(b, s, strlen(s));
-}
-
-__attribute__((format(printf, 2, 3))) static void sb_fmt(sbuf_t *b, const char *fmt, ...)
-{
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        sb_put(b, tmp, DS4_MIN((size_t)n, sizeof(tmp) - 1));
-}
-
 /* Label values escape \ " and newline; HELP text escapes \ and newline. */
-static void sb_escaped(sbuf_t *b, const char *s, bool quote)
+static void sb_escaped(ds4_buf_t *b, const char *s, bool quote)
 {
     for (; *s != '\0'; s++) {
         if (*s == '\\')
-            sb_str(b, "\\\\");
+            ds4_buf_str(b, "\\\\");
         else if (*s == '\n')
-            sb_str(b, "\\n");
+            ds4_buf_str(b, "\\n");
         else if (quote && *s == '"')
-            sb_str(b, "\\\"");
+            ds4_buf_str(b, "\\\"");
         else
-            sb_put(b, s, 1);
+            ds4_buf_put(b, s, 1);
     }
 }
 
 /* Prometheus float text: integers exactly, others with round-trip precision, +Inf/-Inf/NaN. */
-static void sb_value(sbuf_t *b, double v)
+static void sb_value(ds4_buf_t *b, double v)
 {
     if (isnan(v))
-        sb_str(b, "NaN");
+        ds4_buf_str(b, "NaN");
     else if (isinf(v))
-        sb_str(b, v > 0 ? "+Inf" : "-Inf");
+        ds4_buf_str(b, v > 0 ? "+Inf" : "-Inf");
     else if (v == floor(v) && fabs(v) < 1e15)
-        sb_fmt(b, "%.0f", v);
+        ds4_buf_printf(b, "%.0f", v);
     else {
         /* Shortest of %.15g / %.17g that reads back as the same double. */
         char tmp[64];
         snprintf(tmp, sizeof(tmp), "%.15g", v);
         if (strtod(tmp, NULL) != v)
             snprintf(tmp, sizeof(tmp), "%.17g", v);
-        sb_str(b, tmp);
+        ds4_buf_str(b, tmp);
     }
 }
 
@@ -262,15 +221,15 @@ ds4_series_h ds4_metric_series(ds4_metric_h m, const char *const *values)
 {
     DS4_ASSERT(m != NULL);
     DS4_ASSERT(m->n_labels == 0 || values != NULL);
-    sbuf_t lb = {0};
-    sb_str(&lb, "");
+    ds4_buf_t lb = {0};
+    ds4_buf_str(&lb, "");
     for (size_t i = 0; i < m->n_labels; i++) {
         if (i > 0)
-            sb_str(&lb, ",");
-        sb_str(&lb, m->label_names[i]);
-        sb_str(&lb, "=\"");
+            ds4_buf_str(&lb, ",");
+        ds4_buf_str(&lb, m->label_names[i]);
+        ds4_buf_str(&lb, "=\"");
         sb_escaped(&lb, values[i] != NULL ? values[i] : "", true);
-        sb_str(&lb, "\"");
+        ds4_buf_str(&lb, "\"");
     }
     if (lb.oom) {
         ds4_free(lb.p);
@@ -371,51 +330,51 @@ unsigned long long ds4_series_count(ds4_series_h s)
     return n;
 }
 
-static void render_histogram(sbuf_t *b, const struct ds4_metric *m, const struct ds4_series *s)
+static void render_histogram(ds4_buf_t *b, const struct ds4_metric *m, const struct ds4_series *s)
 {
     unsigned long long cum = 0;
     const char *sep = s->labels[0] != '\0' ? "," : "";
     for (size_t i = 0; i <= m->n_bounds; i++) {
         cum += s->buckets[i];
-        sb_fmt(b, "%s_bucket{%s%sle=\"", m->name, s->labels, sep);
+        ds4_buf_printf(b, "%s_bucket{%s%sle=\"", m->name, s->labels, sep);
         if (i < m->n_bounds)
             sb_value(b, m->bounds[i]);
         else
-            sb_str(b, "+Inf");
-        sb_fmt(b, "\"} %llu\n", cum);
+            ds4_buf_str(b, "+Inf");
+        ds4_buf_printf(b, "\"} %llu\n", cum);
     }
-    sb_fmt(b, "%s_sum", m->name);
+    ds4_buf_printf(b, "%s_sum", m->name);
     if (s->labels[0] != '\0')
-        sb_fmt(b, "{%s}", s->labels);
-    sb_str(b, " ");
+        ds4_buf_printf(b, "{%s}", s->labels);
+    ds4_buf_str(b, " ");
     sb_value(b, s->value);
-    sb_fmt(b, "\n%s_count", m->name);
+    ds4_buf_printf(b, "\n%s_count", m->name);
     if (s->labels[0] != '\0')
-        sb_fmt(b, "{%s}", s->labels);
-    sb_fmt(b, " %llu\n", s->count);
+        ds4_buf_printf(b, "{%s}", s->labels);
+    ds4_buf_printf(b, " %llu\n", s->count);
 }
 
 char *ds4_metrics_render(ds4_metrics_h reg)
 {
     static const char *const type_names[] = {"counter", "gauge", "histogram"};
-    sbuf_t b = {0};
-    sb_str(&b, "");
+    ds4_buf_t b = {0};
+    ds4_buf_str(&b, "");
     pthread_mutex_lock(&reg->mu);
     for (struct ds4_metric *m = reg->head; m != NULL; m = m->next) {
-        sb_fmt(&b, "# HELP %s ", m->name);
+        ds4_buf_printf(&b, "# HELP %s ", m->name);
         sb_escaped(&b, m->help, false);
-        sb_fmt(&b, "\n# TYPE %s %s\n", m->name, type_names[m->type]);
+        ds4_buf_printf(&b, "\n# TYPE %s %s\n", m->name, type_names[m->type]);
         for (struct ds4_series *s = m->series; s != NULL; s = s->next) {
             if (m->type == DS4_METRIC_HISTOGRAM) {
                 render_histogram(&b, m, s);
                 continue;
             }
-            sb_str(&b, m->name);
+            ds4_buf_str(&b, m->name);
             if (s->labels[0] != '\0')
-                sb_fmt(&b, "{%s}", s->labels);
-            sb_str(&b, " ");
+                ds4_buf_printf(&b, "{%s}", s->labels);
+            ds4_buf_str(&b, " ");
             sb_value(&b, s->value);
-            sb_str(&b, "\n");
+            ds4_buf_str(&b, "\n");
         }
     }
     pthread_mutex_unlock(&reg->mu);
