@@ -511,19 +511,12 @@ int main(int argc, char **argv)
         {"xfer-preflight-bytes", DS4_OPT_U32, &dc.opt.xfer_preflight_bytes,
          "bytes put to measure a new KV link's bandwidth"},
     };
-    ds4_diag_t diag;
-    ds4_diag_init(&diag);
     ds4_opts_state_t os;
-    int rc = 2;
-    if (ds4_opts_parse(opts, DS4_ARRAY_LEN(opts), argc, argv, &os, &diag) != DS4_OK) {
-        ds4_diag_log(&diag, "ds4-decode: bad options");
-        goto out_opts;
-    }
-    if (os.help) {
-        ds4_opts_usage("ds4-decode", opts, DS4_ARRAY_LEN(opts), stdout);
-        rc = 0;
-        goto out_opts;
-    }
+    int rc = ds4_opts_start("ds4-decode", opts, DS4_ARRAY_LEN(opts), argc, argv,
+                            &dc.opt.log_level, &os);
+    if (rc >= 0)
+        return rc;
+    rc = 2;
     if (dc.opt.model == NULL) {
         ds4_log_error("ds4-decode: --model DIR is required");
         goto out_opts;
@@ -532,9 +525,6 @@ int main(int argc, char **argv)
         ds4_log_error("ds4-decode: --max-sequences, --max-batch, --chunk-tokens must be >= 1");
         goto out_opts;
     }
-    int lvl = ds4_log_level_parse(dc.opt.log_level);
-    if (lvl >= 0)
-        ds4_log_set_level((ds4_log_level_t)lvl);
     rc = 1;
     if (ds4_worker_model_open("ds4-decode", dc.opt.model, dc.opt.threads, &dc.opt.max_context,
                               &dc.wm) != DS4_OK)
@@ -640,7 +630,6 @@ out_daemon:
 out_model:
     ds4_worker_model_close(&dc.wm);
 out_opts:
-    ds4_diag_free(&diag);
     ds4_opts_free(&os);
     return rc;
 }

@@ -621,26 +621,16 @@ int main(int argc, char **argv)
         {"xfer-preflight-bytes", DS4_OPT_U32, &pf.opt.xfer_preflight_bytes,
          "bytes put to measure a new KV link's bandwidth"},
     };
-    ds4_diag_t diag;
-    ds4_diag_init(&diag);
     ds4_opts_state_t os;
-    int rc = 2;
-    if (ds4_opts_parse(opts, DS4_ARRAY_LEN(opts), argc, argv, &os, &diag) != DS4_OK) {
-        ds4_diag_log(&diag, "ds4-prefill: bad options");
-        goto out_opts;
-    }
-    if (os.help) {
-        ds4_opts_usage("ds4-prefill", opts, DS4_ARRAY_LEN(opts), stdout);
-        rc = 0;
-        goto out_opts;
-    }
+    int rc = ds4_opts_start("ds4-prefill", opts, DS4_ARRAY_LEN(opts), argc, argv,
+                            &pf.opt.log_level, &os);
+    if (rc >= 0)
+        return rc;
+    rc = 2;
     if (pf.opt.model == NULL || pf.opt.chunk_tokens == 0 || pf.opt.max_queue == 0) {
         ds4_log_error("ds4-prefill: --model DIR is required; --chunk-tokens, --max-queue >= 1");
         goto out_opts;
     }
-    int lvl = ds4_log_level_parse(pf.opt.log_level);
-    if (lvl >= 0)
-        ds4_log_set_level((ds4_log_level_t)lvl);
     rc = 1;
     if (ds4_worker_model_open("ds4-prefill", pf.opt.model, pf.opt.threads, &pf.opt.max_context,
                               &pf.wm) != DS4_OK)
@@ -725,7 +715,6 @@ out_daemon:
 out_model:
     ds4_worker_model_close(&pf.wm);
 out_opts:
-    ds4_diag_free(&diag);
     ds4_opts_free(&os);
     return rc;
 }

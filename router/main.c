@@ -310,25 +310,14 @@ int main(int argc, char **argv)
         {"prefill-fallback-local", DS4_OPT_BOOL, &rt.opt.prefill_fallback_local,
          "with no prefill worker, prefill on the decode worker"},
     };
+    ds4_opts_state_t os;
+    int rc = ds4_opts_start("ds4-router", opts, DS4_ARRAY_LEN(opts), argc, argv,
+                            &rt.opt.log_level, &os);
+    if (rc >= 0)
+        return rc;
     ds4_diag_t diag;
     ds4_diag_init(&diag);
-    ds4_opts_state_t os;
-    if (ds4_opts_parse(opts, DS4_ARRAY_LEN(opts), argc, argv, &os, &diag) != DS4_OK) {
-        ds4_diag_log(&diag, "ds4-router: bad options");
-        ds4_diag_free(&diag);
-        ds4_opts_free(&os);
-        return 2;
-    }
-    if (os.help) {
-        ds4_opts_usage("ds4-router", opts, DS4_ARRAY_LEN(opts), stdout);
-        ds4_opts_free(&os);
-        return 0;
-    }
-    int lvl = ds4_log_level_parse(rt.opt.log_level);
-    if (lvl >= 0)
-        ds4_log_set_level((ds4_log_level_t)lvl);
-
-    int rc = 1;
+    rc = 1;
     ds4_status_t st = rt.opt.tokenizer != NULL
                           ? ds4_tokenizer_load(rt.opt.tokenizer, &rt.tok, &diag)
                           : ds4_tokenizer_load_default(&rt.tok, &diag);

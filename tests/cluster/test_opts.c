@@ -8,6 +8,7 @@
 
 #include "ds4/alloc.h"
 #include "ds4/daemon.h"
+#include "ds4/log.h"
 #include "test.h"
 
 typedef struct o {
@@ -110,6 +111,30 @@ static void test_rejects(void)
     unlink(arr);
 }
 
+/* ds4_opts_start: -1 and the options to go on (log level applied), 2 on a bad flag, 0 on --help
+ * (usage printed), the state freed whenever it ends the program. */
+static void test_start(void)
+{
+    const char *level = "info";
+    uint32_t n = 1;
+    const ds4_opt_t opts[] = {
+        {"log-level", DS4_OPT_STR, &level, "level"},
+        {"max-sequences", DS4_OPT_U32, &n, "n"},
+    };
+    ds4_opts_state_t st;
+    char *ok[] = {"prog", "--log-level", "error", "--max-sequences", "7", NULL};
+    DS4_CHECK_EQ_INT(ds4_opts_start("prog", opts, 2, 5, ok, &level, &st), -1);
+    DS4_CHECK(n == 7 && strcmp(level, "error") == 0);
+    DS4_CHECK_EQ_INT(ds4_log_get_level(), DS4_LOG_ERROR);
+    ds4_opts_free(&st);
+    char *bad[] = {"prog", "--max-sequences", "x", NULL};
+    DS4_CHECK_EQ_INT(ds4_opts_start("prog", opts, 2, 3, bad, &level, &st), 2);
+    DS4_CHECK(st.config_json == NULL);
+    char *help[] = {"prog", "--help", NULL};
+    DS4_CHECK_EQ_INT(ds4_opts_start("prog", opts, 2, 2, help, NULL, &st), 0);
+    DS4_CHECK(st.config_json == NULL);
+}
+
 static void test_host_port(void)
 {
     char host[64];
@@ -130,6 +155,7 @@ int main(void)
 {
     DS4_RUN(test_config_and_flags);
     DS4_RUN(test_rejects);
+    DS4_RUN(test_start);
     DS4_RUN(test_host_port);
     return ds4_test_finish();
 }

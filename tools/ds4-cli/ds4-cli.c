@@ -196,21 +196,10 @@ int main(int argc, char **argv)
         {"list-models", DS4_OPT_BOOL, &c.list_models, "list the served models"},
         {"health", DS4_OPT_BOOL, &c.health, "print the cluster health"},
     };
-    ds4_diag_t diag;
-    ds4_diag_init(&diag);
     ds4_opts_state_t os;
-    if (ds4_opts_parse(opts, DS4_ARRAY_LEN(opts), argc, argv, &os, &diag) != DS4_OK) {
-        ds4_diag_log(&diag, "ds4-cli");
-        ds4_diag_free(&diag);
-        ds4_opts_free(&os);
-        return 2;
-    }
-    ds4_diag_free(&diag);
-    if (os.help) {
-        ds4_opts_usage("ds4-cli", opts, DS4_ARRAY_LEN(opts), stdout);
-        ds4_opts_free(&os);
-        return 0;
-    }
+    int start = ds4_opts_start("ds4-cli", opts, DS4_ARRAY_LEN(opts), argc, argv, NULL, &os);
+    if (start >= 0)
+        return start;
     if (c.seed != 0)
         c.seeded = true;
     ds4_log_set_level(DS4_LOG_ERROR);

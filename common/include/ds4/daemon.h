@@ -66,6 +66,13 @@ typedef struct ds4_opts_state {
 ds4_status_t ds4_opts_parse(const ds4_opt_t *opts, size_t n_opts, int argc, char **argv,
                             ds4_opts_state_t *state, ds4_diag_t *diag);
 void ds4_opts_free(ds4_opts_state_t *state);
+/* The opening of a ds4 program's main: ds4_opts_parse, then what ends the program right there.
+ * Returns -1 to go on (state holds the options; ds4_opts_free it at exit), or the exit code with
+ * state already freed: 2 after logging every problem ("prog: bad options"), 0 after printing
+ * the usage to stdout for --help. log_level (NULL: none) points at the table's log-level value;
+ * a valid level there is applied (ds4_log_set_level). */
+int ds4_opts_start(const char *prog, const ds4_opt_t *opts, size_t n_opts, int argc, char **argv,
+                   const char *const *log_level, ds4_opts_state_t *state);
 /* Writes "usage: prog [options]" and one line per option with its default to `f`. */
 void ds4_opts_usage(const char *prog, const ds4_opt_t *opts, size_t n_opts, void *file);
 

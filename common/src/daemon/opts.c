@@ -8,6 +8,7 @@
 #include "ds4/alloc.h"
 #include "ds4/daemon.h"
 #include "ds4/json.h"
+#include "ds4/log.h"
 
 /* "grpc_listen" and "grpc-listen" name the same option. */
 static bool name_eq(const char *opt, const char *given, size_t given_len)
@@ -202,6 +203,31 @@ void ds4_opts_free(ds4_opts_state_t *state)
     if (state->config_json != NULL)
         json_decref((json_t *)state->config_json);
     state->config_json = NULL;
+}
+
+int ds4_opts_start(const char *prog, const ds4_opt_t *opts, size_t n_opts, int argc, char **argv,
+                   const char *const *log_level, ds4_opts_state_t *state)
+{
+    ds4_diag_t diag;
+    ds4_diag_init(&diag);
+    int rc = -1;
+    if (ds4_opts_parse(opts, n_opts, argc, argv, state, &diag) != DS4_OK) {
+        char what[128];
+        snprintf(what, sizeof(what), "%s: bad options", prog);
+        ds4_diag_log(&diag, what);
+        rc = 2;
+    } else if (state->help) {
+        ds4_opts_usage(prog, opts, n_opts, stdout);
+        rc = 0;
+    } else if (log_level != NULL && *log_level != NULL) {
+        int lvl = ds4_log_level_parse(*log_level);
+        if (lvl >= 0)
+            ds4_log_set_level((ds4_log_level_t)lvl);
+    }
+    ds4_diag_free(&diag);
+    if (rc >= 0)
+        ds4_opts_free(state);
+    return rc;
 }
 
 void ds4_opts_usage(const char *prog, const ds4_opt_t *opts, size_t n_opts, void *file)
